@@ -1,0 +1,94 @@
+"""Entry point. keepalived's calls (master/backup/fault/stop/notify) take a fast path that
+never imports click; everything else, and any call the fast path does not understand
+exactly (--help, a typo, a bad STATE), goes to the click CLI for its help and errors."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+from dataclasses import dataclass
+from typing import List, Optional
+
+gc.disable()  # a short-lived process: cyclic GC only costs time (PERF.md §4)
+
+TRANSITIONS = {"master": "MASTER", "backup": "BACKUP", "fault": "FAULT", "stop": "STOP"}
+NOTIFY_TYPES = ("INSTANCE", "GROUP")
+NOTIFY_STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
+
+
+@dataclass
+class FastCall:
+    config: Optional[str]
+    state_dir: Optional[str]
+    verbosity: int
+    state: str
+    group: str
+    via_notify: bool
+
+
+def parse_fast(argv: List[str]) -> Optional[FastCall]:
+    config = state_dir = None
+    verbosity = 0
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "--config", "--state-dir") and i + 1 < len(argv):
+            if arg == "--state-dir":
+                state_dir = argv[i + 1]
+            else:
+                config = argv[i + 1]
+            i += 2
+        elif arg.startswith("--config="):
+            config, i = arg.split("=", 1)[1], i + 1
+        elif arg.startswith("--state-dir="):
+            state_dir, i = arg.split("=", 1)[1], i + 1
+        elif arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            verbosity += 1 if arg == "--verbose" else len(arg) - 1
+            i += 1
+        else:
+            break
+    rest = argv[i:]
+    if any(a.startswith("-") for a in rest) or not rest:
+        return None
+    command, args = rest[0], rest[1:]
+    if command in TRANSITIONS and len(args) == 1:
+        return FastCall(config, state_dir, verbosity, TRANSITIONS[command], args[0], False)
+    if command == "notify" and len(args) in (3, 4):
+        kind, name, state = args[:3]
+        if kind in NOTIFY_TYPES and state in NOTIFY_STATES and (len(args) == 3 or args[3].isdigit()):
+            return FastCall(config, state_dir, verbosity, state, name, True)
+    return None
+
+
+def _finish(code: int) -> "NoReturn":  # type: ignore[name-defined]
+    """Flush and leave without interpreter teardown (PERF.md: ~20-80 ms of freeing objects)."""
+    import logging
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    fast = parse_fast(args)
+    if fast is not None:
+        from .commands import transition
+
+        code = transition(fast.config, fast.state_dir, fast.verbosity, fast.state, fast.group,
+                          fast.via_notify)
+        if argv is None:
+            _finish(code)
+        return code
+    gc.enable()
+    from .cli import cli
+
+    return cli.main(args=args, prog_name="aws-vrrp-notify", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

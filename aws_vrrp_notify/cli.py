@@ -1,0 +1,109 @@
+"""The click command line: help, usage errors, and the commands people type.
+
+Heavy modules are imported inside the commands, never at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from . import __version__
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Options:
+    def __init__(self, config: Optional[str], state_dir: Optional[str], verbose: int):
+        self.config = config
+        self.state_dir = state_dir
+        self.verbose = verbose
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("-c", "--config", metavar="PATH", envvar="AWS_VRRP_NOTIFY_CONFIG", show_envvar=True,
+              help="Configuration file  [default: /etc/aws-vrrp-notify/config.toml]")
+@click.option("--state-dir", metavar="PATH", envvar="AWS_VRRP_NOTIFY_STATE_DIR", show_envvar=True,
+              help="Lock and state files  [default: /run/aws-vrrp-notify]")
+@click.option("-v", "--verbose", count=True, help="More logging (repeatable).")
+@click.version_option(__version__, "--version", prog_name="aws-vrrp-notify")
+@click.pass_context
+def cli(ctx: click.Context, config: Optional[str], state_dir: Optional[str], verbose: int) -> None:
+    """Make keepalived (VRRP) pairs work on AWS: on MASTER, move the virtual IP, VPC routes
+    and Elastic IPs to this instance's ENIs. See aws-vrrp-notify(8)."""
+    ctx.obj = Options(config, state_dir, verbose)
+
+
+def _transition(ctx: click.Context, state: str, group: str, via_notify: bool = False) -> None:
+    from .commands import transition
+
+    opts: Options = ctx.obj
+    ctx.exit(transition(opts.config, opts.state_dir, opts.verbose, state, group, via_notify))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("group")
+@click.pass_context
+def master(ctx: click.Context, group: str) -> None:
+    """keepalived notify_master: apply GROUP's actions."""
+    _transition(ctx, "MASTER", group)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("group")
+@click.pass_context
+def backup(ctx: click.Context, group: str) -> None:
+    """keepalived notify_backup: record the transition (no AWS write)."""
+    _transition(ctx, "BACKUP", group)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("group")
+@click.pass_context
+def fault(ctx: click.Context, group: str) -> None:
+    """keepalived notify_fault: record the transition (no AWS write)."""
+    _transition(ctx, "FAULT", group)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("group")
+@click.pass_context
+def stop(ctx: click.Context, group: str) -> None:
+    """keepalived notify_stop: record the transition (no AWS write)."""
+    _transition(ctx, "STOP", group)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("type_", metavar="TYPE", type=click.Choice(["INSTANCE", "GROUP"]))
+@click.argument("name")
+@click.argument("state", type=click.Choice(["MASTER", "BACKUP", "FAULT", "STOP"]))
+@click.argument("priority", type=click.IntRange(min=0), required=False)
+@click.pass_context
+def notify(ctx: click.Context, type_: str, name: str, state: str, priority: Optional[int]) -> None:
+    """keepalived generic notify script: TYPE NAME STATE [PRIORITY].
+
+    NAME is the vrrp_instance or sync group; a NAME that is not configured is ignored."""
+    _transition(ctx, state, name, via_notify=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--permissions", is_flag=True,
+              help="Also resolve every interface and VRF and prove the IAM permissions of every action.")
+@click.pass_context
+def validate(ctx: click.Context, permissions: bool) -> None:
+    """Check the configuration file (no AWS, IMDS or netlink unless --permissions)."""
+    from .commands import load_config, report_config_error
+    from .config import ConfigError
+
+    opts: Options = ctx.obj
+    try:
+        cfg = load_config(opts.config)
+    except ConfigError as exc:
+        ctx.exit(report_config_error(exc))
+    if permissions:
+        from .permissions import check_permissions
+
+        ctx.exit(check_permissions(cfg, opts))
+    actions = sum(len(g.actions) for g in cfg.groups.values())
+    click.echo(f"{cfg.path}: OK ({len(cfg.groups)} group(s), {actions} action(s))")

@@ -1,0 +1,365 @@
+"""TOML configuration file -> typed, validated objects.
+
+Every problem names the file and the key path (``groups.VI_1.change-route[0].destination``);
+all problems of a file are reported at once. Nothing here touches AWS, IMDS or netlink.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+DEFAULT_CONFIG_PATH = "/etc/aws-vrrp-notify/config.toml"
+DEFAULT_DEADLINE = 30.0
+MAX_DEADLINE = 3600.0
+MAX_GROUP_NAME = 128
+MAIN_VRF = "main"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, path: str, problems: Sequence[str]):
+        self.path = path
+        self.problems = list(problems)
+        super().__init__("\n".join(f"{path}: {p}" for p in self.problems))
+
+
+# ---------------------------------------------------------------- value checkers
+# A checker takes the raw TOML value and returns the normalised value, or raises
+# ValueError with a message that completes "<key path>: ...".
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__} {_describe(value)}")
+    if not value:
+        raise ValueError("must not be empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{_describe(value)} contains control characters")
+    return value
+
+
+def ipv4_address(value: Any) -> str:
+    text = _string(value)
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{_describe(text)} is not an IPv4 address") from None
+    if addr.version != 4:
+        raise ValueError(f"{_describe(text)} is an IPv6 address; an IPv4 address is required")
+    return str(addr)
+
+
+def ip_prefix(value: Any) -> str:
+    text = _string(value)
+    if "/" not in text:
+        raise ValueError(f"{_describe(text)} is not a prefix (expected address/length, e.g. 0.0.0.0/0)")
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            raise ValueError(f"{_describe(text)} has host bits set (did you mean "
+                             f"{ipaddress.ip_network(text, strict=False)}?)") from None
+        raise ValueError(f"{_describe(text)} is not an IPv4 or IPv6 prefix") from None
+    return str(net)
+
+
+def ipv4_prefix(value: Any) -> str:
+    text = ip_prefix(value)
+    if ipaddress.ip_network(text).version != 4:
+        raise ValueError(f"{_describe(text)} is an IPv6 prefix; AWS subnets are named by their IPv4 CIDR")
+    return text
+
+
+def _aws_id(prefix: str) -> Callable[[Any], str]:
+    pattern = re.compile(rf"^{prefix}-[0-9a-f]{{8,17}}$")
+
+    def check(value: Any) -> str:
+        text = _string(value)
+        if not pattern.match(text):
+            raise ValueError(f"{_describe(text)} is not a {prefix} id ({prefix}-0123456789abcdef0)")
+        return text
+
+    return check
+
+
+subnet_id = _aws_id("subnet")
+route_table_id = _aws_id("rtb")
+allocation_id = _aws_id("eipalloc")
+
+
+def subnet_ref(value: Any) -> str:
+    """An AWS subnet by id (subnet-...) or by its IPv4 CIDR."""
+    text = _string(value)
+    if text.startswith("subnet-"):
+        return subnet_id(text)
+    try:
+        return ipv4_prefix(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected a subnet id (subnet-...) or an IPv4 CIDR") from None
+
+
+_IFNAME_MAX = 15  # IFNAMSIZ - 1
+
+
+def interface_name(value: Any) -> str:
+    text = _string(value)
+    if len(text) > _IFNAME_MAX:
+        raise ValueError(f"{_describe(text)} is longer than {_IFNAME_MAX} characters (Linux interface name)")
+    if text in (".", "..") or any(c in text for c in "/:") or any(c.isspace() for c in text):
+        raise ValueError(f"{_describe(text)} is not a valid Linux interface name")
+    return text
+
+
+def vrf_name(value: Any) -> str:
+    text = _string(value)
+    if len(text) > 255 or text in (".", "..") or "/" in text or any(c.isspace() for c in text):
+        raise ValueError(f"{_describe(text)} is not a valid VRF or network namespace name")
+    return text
+
+
+def region_name(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$", text):
+        raise ValueError(f"{_describe(text)} is not an AWS region name (e.g. eu-west-3)")
+    return text
+
+
+def endpoint_url(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^https?://[^\s/]+(/\S*)?$", text):
+        raise ValueError(f"{_describe(text)} is not an http(s) URL")
+    return text
+
+
+def role_arn(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$", text):
+        raise ValueError(f"{_describe(text)} is not an IAM role ARN (arn:aws:iam::123456789012:role/name)")
+    return text
+
+
+def deadline_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number of seconds, got {type(value).__name__} {_describe(value)}")
+    if not 0 < value <= MAX_DEADLINE or value != value:
+        raise ValueError(f"{value} is out of range (0 < deadline <= {MAX_DEADLINE:g} seconds)")
+    return float(value)
+
+
+def profile_name(value: Any) -> str:
+    text = _string(value)
+    if any(c.isspace() for c in text):
+        raise ValueError(f"{_describe(text)} contains white space")
+    return text
+
+
+# ---------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a TOML table: its name, checker, and default (``REQUIRED`` if none)."""
+
+    key: str
+    check: Callable[[Any], Any]
+    default: Any = None
+    required: bool = False
+
+    @property
+    def attr(self) -> str:
+        return self.key.replace("-", "_")
+
+
+def read_table(table: Any, fields: Sequence[Field], where: str, problems: List[str]) -> Optional[Dict[str, Any]]:
+    """Check a TOML table against ``fields``; returns attr -> value, or None if not a table."""
+    if not isinstance(table, dict):
+        problems.append(f"{where}: expected a table, got {type(table).__name__}")
+        return None
+    known = {f.key: f for f in fields}
+    values: Dict[str, Any] = {}
+    for key in table:
+        if key not in known:
+            hint = ""
+            if key.replace("_", "-") in known:
+                hint = f" (keys are spelled with dashes: {key.replace('_', '-')})"
+            problems.append(f"{where}.{key}: unknown key{hint}")
+    for f in fields:
+        if f.key not in table:
+            if f.required:
+                problems.append(f"{where}: missing required key {f.key!r}")
+            values[f.attr] = f.default
+            continue
+        try:
+            values[f.attr] = f.check(table[f.key])
+        except ValueError as exc:
+            problems.append(f"{where}.{f.key}: {exc}")
+            values[f.attr] = f.default
+    return values
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    region: Optional[str] = None
+    endpoint_url: Optional[str] = None
+    profile: Optional[str] = None
+    role_arn: Optional[str] = None
+    deadline: float = DEFAULT_DEADLINE
+
+
+AWS_FIELDS = (
+    Field("region", region_name),
+    Field("endpoint-url", endpoint_url),
+    Field("profile", profile_name),
+    Field("role-arn", role_arn),
+    Field("deadline", deadline_seconds, DEFAULT_DEADLINE),
+)
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    actions: Tuple[Any, ...]  # instances of actions.Action subclasses, in file order
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    groups: Mapping[str, Group] = field(default_factory=dict)
+
+    def group(self, name: str) -> Optional[Group]:
+        return self.groups.get(name)
+
+
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]*$")
+
+
+def _check_group_name(name: str) -> Optional[str]:
+    if len(name) > MAX_GROUP_NAME:
+        return f"group name is longer than {MAX_GROUP_NAME} characters"
+    if not _GROUP_NAME.match(name):
+        return (f"group name {_describe(name)} may only contain letters, digits and _ . : @ + - "
+                "and must not start with . or -")
+    return None
+
+
+def parse(data: Mapping[str, Any], path: str) -> Config:
+    """Validate an already decoded TOML document."""
+    from .actions import ACTION_TYPES  # the action classes declare their own keys
+
+    problems: List[str] = []
+    for key in data:
+        if key not in ("aws", "groups"):
+            problems.append(f"{key}: unknown key (expected [aws] and [groups.NAME] tables)")
+    aws_values = read_table(data.get("aws", {}), AWS_FIELDS, "aws", problems) or {}
+    aws = AwsSettings(**aws_values) if aws_values else AwsSettings()
+
+    groups: Dict[str, Group] = {}
+    raw_groups = data.get("groups", {})
+    owners: Dict[Tuple[Any, ...], str] = {}  # action identity -> where it was first seen
+    if not isinstance(raw_groups, dict):
+        problems.append(f"groups: expected a table of groups, got {type(raw_groups).__name__}")
+        raw_groups = {}
+    for name, body in raw_groups.items():
+        where = f"groups.{name}"
+        bad_name = _check_group_name(name)
+        if bad_name:
+            problems.append(f"{where}: {bad_name}")
+        if not isinstance(body, dict):
+            problems.append(f"{where}: expected a table of actions, got {type(body).__name__}")
+            continue
+        actions = []
+        entries_seen = 0
+        for key, entries in body.items():
+            cls = ACTION_TYPES.get(key)
+            if cls is None:
+                problems.append(f"{where}.{key}: unknown action type (expected one of "
+                                f"{', '.join(ACTION_TYPES)})")
+                continue
+            if isinstance(entries, dict):
+                problems.append(f"{where}.{key}: write actions as [[{where}.{key}]] (an array of tables)")
+                continue
+            if not isinstance(entries, list):
+                problems.append(f"{where}.{key}: expected an array of tables, got {type(entries).__name__}")
+                continue
+            entries_seen += len(entries)
+            for i, entry in enumerate(entries):
+                at = f"{where}.{key}[{i}]"
+                action = cls.from_table(entry, at, problems)
+                if action is None:
+                    continue
+                ident = action.identity()
+                if ident in owners:
+                    problems.append(f"{at}: duplicate action, same as {owners[ident]} ({action.describe()})")
+                else:
+                    owners[ident] = at
+                actions.append(action)
+        if not entries_seen and not any(k not in ACTION_TYPES for k in body):
+            problems.append(f"{where}: group has no action")
+        groups[name] = Group(name=name, actions=tuple(actions))
+    if problems:
+        raise ConfigError(path, problems)
+    return Config(path=path, aws=aws, groups=groups)
+
+
+def _toml_module():
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python < 3.11 only
+        import tomli as tomllib
+    return tomllib
+
+
+def check_file_security(path: str, st: os.stat_result) -> Optional[str]:
+    """Like keepalived's script security: as root, the file must be root's and not writable by others."""
+    if os.geteuid() != 0:
+        return None
+    if st.st_uid != 0:
+        return "refusing a configuration file not owned by root (chown root)"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "refusing a configuration file writable by group or others (chmod go-w)"
+    return None
+
+
+def load(path: str) -> Config:
+    """Read, decode and validate ``path``; raises ConfigError with every problem found."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(path, ["not a regular file"])
+            insecure = check_file_security(path, st)
+            if insecure:
+                raise ConfigError(path, [insecure])
+            raw = fh.read((1 << 20) + 1)
+    except FileNotFoundError:
+        raise ConfigError(path, ["no such file (use --config or AWS_VRRP_NOTIFY_CONFIG)"]) from None
+    except IsADirectoryError:
+        raise ConfigError(path, ["is a directory, not a configuration file"]) from None
+    except PermissionError:
+        raise ConfigError(path, ["permission denied"]) from None
+    if len(raw) > 1 << 20:
+        raise ConfigError(path, ["larger than 1 MiB; this is not a configuration file"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(path, [f"line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})"]) from None
+    tomllib = _toml_module()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"TOML syntax error: {exc}"]) from None
+    return parse(data, path)

@@ -1,0 +1,280 @@
+"""EC2 client construction, calls with retries under a deadline, and batched reads.
+
+botocore is imported lazily (it costs ~150 ms) and only by the commands that talk to EC2.
+Retries are ours, not botocore's: every attempt is checked against the transition's
+deadline and against supersession, and the attempt count is reported when it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+from .config import AwsSettings
+from .deadline import Deadline, DeadlineExceeded
+
+log = logging.getLogger("aws-vrrp-notify")
+
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "RequestLimitExceeded", "RequestThrottled", "SlowDown",
+    "PriorRequestNotComplete", "EC2ThrottledException", "BandwidthLimitExceeded",
+})
+TRANSIENT_CODES = frozenset({
+    "InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout",
+    "RequestTimeoutException", "IDPCommunicationError", "TransactionInProgressException",
+})
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 10.0
+
+
+class AwsError(Exception):
+    """An EC2 call that failed for good: names the operation, the AWS code and the attempts."""
+
+    def __init__(self, operation: str, code: str, message: str, attempts: int):
+        self.operation = operation
+        self.code = code
+        self.message = message
+        self.attempts = attempts
+        plural = "s" if attempts != 1 else ""
+        super().__init__(f"{operation} failed: {code}: {message} ({attempts} attempt{plural})")
+
+
+class Superseded(Exception):
+    """A later transition of the same group was recorded: start no further write."""
+
+
+def error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", "") or type(exc).__name__)
+    return type(exc).__name__
+
+
+def error_message(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Message", "") or exc)
+    return str(exc) or type(exc).__name__
+
+
+def is_retryable(exc: BaseException) -> bool:
+    from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError,
+                                     HTTPClientError, ResponseParserError)
+
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in THROTTLING_CODES or code in TRANSIENT_CODES or status >= 500 or status == 429
+    return isinstance(exc, (BotoConnectionError, HTTPClientError, ResponseParserError, OSError))
+
+
+def backoff(attempt: int, throttled: bool) -> float:
+    """Full-jitter exponential backoff: 50 ms base (200 ms when throttled), 2 s cap."""
+    base = 0.2 if throttled else 0.05
+    return random.uniform(0, min(2.0, base * 2 ** attempt))
+
+
+class Ec2:
+    """A botocore EC2 client bound to a deadline and an optional supersession check."""
+
+    def __init__(self, client: Any, deadline: Deadline,
+                 still_current: Optional[Callable[[], bool]] = None):
+        self.client = client
+        self.deadline = deadline
+        self.still_current = still_current or (lambda: True)
+        self.calls: Dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def call(self, operation: str, write: bool = False, **params: Any) -> Dict[str, Any]:
+        """Call ``operation`` (botocore snake_case name), retrying transient errors until the deadline."""
+        method = getattr(self.client, operation)
+        api_name = self.client.meta.method_to_api_mapping.get(operation, operation)
+        attempts = 0
+        last: Optional[BaseException] = None
+        while True:
+            if write and not self.still_current():
+                raise Superseded(api_name)
+            if self.deadline.expired():
+                break
+            attempts += 1
+            with self._lock:
+                self.calls[api_name] = self.calls.get(api_name, 0) + 1
+            try:
+                return method(**params)
+            except Exception as exc:  # classified below
+                if not is_retryable(exc):
+                    raise AwsError(api_name, error_code(exc), error_message(exc), attempts) from exc
+                last = exc
+                code = error_code(exc)
+                log.debug("%s attempt %d: %s, retrying", api_name, attempts, code)
+                pause = backoff(attempts, code in THROTTLING_CODES)
+                if pause >= self.deadline.remaining():
+                    break
+                time.sleep(pause)
+        if last is None:
+            raise AwsError(api_name, "DeadlineExceeded",
+                           f"deadline of {self.deadline.seconds:g}s reached before the call", attempts)
+        raise AwsError(api_name, error_code(last),
+                       f"{error_message(last)}; gave up at the {self.deadline.seconds:g}s deadline",
+                       attempts)
+
+    def paginate(self, operation: str, key: str, **params: Any) -> List[Dict[str, Any]]:
+        items: List[Dict[str, Any]] = []
+        token: Optional[str] = None
+        while True:
+            page = self.call(operation, **params, **({"NextToken": token} if token else {}))
+            items.extend(page.get(key, []))
+            token = page.get("NextToken")
+            if not token:
+                return items
+
+
+def _session(settings: AwsSettings):
+    import botocore.session
+
+    session = botocore.session.get_session()
+    if settings.profile:
+        session.set_config_variable("profile", settings.profile)
+    session.set_config_variable("metadata_service_timeout", 1)
+    session.set_config_variable("metadata_service_num_attempts", 3)
+    return session
+
+
+def _assume_role(session, settings: AwsSettings, region: str) -> None:
+    """Make ``session`` use refreshable AssumeRole credentials for settings.role_arn."""
+    from botocore.credentials import (AssumeRoleCredentialFetcher, CredentialProvider,
+                                      DeferredRefreshableCredentials)
+
+    source = session.get_credentials()
+    if source is None:
+        raise AwsError("AssumeRole", "NoCredentials", "no source credentials to assume "
+                       f"{settings.role_arn} with", 0)
+
+    def create_sts(service_name: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("region_name", region)
+        return session.create_client(service_name, **kwargs)
+
+    fetcher = AssumeRoleCredentialFetcher(
+        client_creator=create_sts, source_credentials=source, role_arn=settings.role_arn,
+        extra_args={"RoleSessionName": "aws-vrrp-notify"})
+
+    class AssumeRoleProvider(CredentialProvider):
+        METHOD = "assume-role"
+
+        def load(self):
+            return DeferredRefreshableCredentials(method=self.METHOD, refresh_using=fetcher.fetch_credentials)
+
+    session.get_component("credential_provider").insert_before("env", AssumeRoleProvider())
+
+
+def make_client(settings: AwsSettings, region: str, deadline: Deadline) -> Any:
+    from botocore.config import Config
+
+    session = _session(settings)
+    if settings.role_arn:
+        _assume_role(session, settings, region)
+    budget = deadline.seconds or 30.0
+    config = Config(
+        region_name=region,
+        connect_timeout=min(CONNECT_TIMEOUT, max(0.5, budget / 4)),
+        read_timeout=min(READ_TIMEOUT, max(1.0, budget / 3)),
+        retries={"total_max_attempts": 1},  # ours: see Ec2.call
+        max_pool_connections=16,
+        user_agent_extra="aws-vrrp-notify",
+    )
+    kwargs: Dict[str, Any] = {"config": config}
+    if settings.endpoint_url:
+        kwargs["endpoint_url"] = settings.endpoint_url
+    return session.create_client("ec2", **kwargs)
+
+
+# ---------------------------------------------------------------- batched reads
+
+
+@dataclass
+class Snapshot:
+    """What AWS says now, fetched with one (paginated) describe call per resource kind."""
+
+    enis: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    route_tables: List[Dict[str, Any]] = field(default_factory=list)
+    subnets: List[Dict[str, Any]] = field(default_factory=list)
+    addresses: List[Dict[str, Any]] = field(default_factory=list)
+
+    def route_table(self, rtb_id: str) -> Optional[Dict[str, Any]]:
+        return next((t for t in self.route_tables if t["RouteTableId"] == rtb_id), None)
+
+    def subnet_id_for(self, ref: str, vpc_id: str) -> Optional[str]:
+        if ref.startswith("subnet-"):
+            return ref
+        return next((s["SubnetId"] for s in self.subnets
+                     if s.get("CidrBlock") == ref and s.get("VpcId") == vpc_id), None)
+
+    def table_for_subnet(self, subnet_id: str, vpc_id: str) -> Optional[str]:
+        """The explicitly associated table, else the VPC's main table."""
+        main = None
+        for table in self.route_tables:
+            if table.get("VpcId") != vpc_id:
+                continue
+            for assoc in table.get("Associations", []):
+                if assoc.get("SubnetId") == subnet_id:
+                    return table["RouteTableId"]
+                if assoc.get("Main"):
+                    main = table["RouteTableId"]
+        return main
+
+    def address(self, allocation_id: Optional[str], public_ip: Optional[str]) -> Optional[Dict[str, Any]]:
+        for addr in self.addresses:
+            if allocation_id and addr.get("AllocationId") == allocation_id:
+                return addr
+            if public_ip and addr.get("PublicIp") == public_ip:
+                return addr
+        return None
+
+
+READ_KINDS = ("enis", "route_tables", "subnets", "addresses")
+
+
+def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], eni_ids: Sequence[str] = (),
+                   vpc_ids: Sequence[str] = ()) -> Snapshot:
+    """Fetch the requested kinds concurrently; the number of calls never depends on the
+    number of groups or actions."""
+    vpcs = sorted(set(vpc_ids))
+    vpc_filter = [{"Name": "vpc-id", "Values": vpcs}]
+    snapshot = Snapshot()
+
+    def enis() -> None:
+        if eni_ids:
+            items = ec2.paginate("describe_network_interfaces", "NetworkInterfaces",
+                                 NetworkInterfaceIds=sorted(set(eni_ids)))
+            snapshot.enis = {e["NetworkInterfaceId"]: e for e in items}
+
+    def route_tables() -> None:
+        if vpcs:
+            snapshot.route_tables = ec2.paginate("describe_route_tables", "RouteTables", Filters=vpc_filter)
+
+    def subnets() -> None:
+        if vpcs:
+            snapshot.subnets = ec2.paginate("describe_subnets", "Subnets", Filters=vpc_filter)
+
+    def addresses() -> None:
+        snapshot.addresses = ec2.call("describe_addresses").get("Addresses", [])
+
+    jobs = {"enis": enis, "route_tables": route_tables, "subnets": subnets, "addresses": addresses}
+    wanted = [jobs[k] for k in READ_KINDS if k in set(kinds)]
+    if len(wanted) == 1:
+        wanted[0]()
+    elif wanted:
+        with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
+            for future in [pool.submit(job) for job in wanted]:
+                future.result()
+    return snapshot
+
+
+__all__ = ["AwsError", "Ec2", "Snapshot", "Superseded", "fetch_snapshot", "make_client",
+           "DeadlineExceeded"]

@@ -1,0 +1,55 @@
+"""Logging: syslog (ident aws-vrrp-notify) always, stderr for errors, or everything on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+LOGGER = "aws-vrrp-notify"
+
+
+class _Redact(logging.Filter):
+    """Last line of defence: never let a credential-looking value reach a log."""
+
+    MARKERS = ("X-Amz-Security-Token", "X-Amz-Signature", "X-Amz-Credential", "aws_secret_access_key",
+               "SecretAccessKey", "SessionToken", "X-aws-ec2-metadata-token", "Authorization")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(m.lower() in message.lower() for m in self.MARKERS):
+            record.msg, record.args = "[a log line that mentioned credentials was redacted]", ()
+        return True
+
+
+def setup(verbosity: int = 0) -> logging.Logger:
+    log = logging.getLogger(LOGGER)
+    if log.handlers:
+        return log
+    log.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    log.propagate = False
+    redact = _Redact()
+    stderr = logging.StreamHandler(sys.stderr)
+    on_terminal = sys.stderr.isatty()
+    stderr.setLevel(logging.DEBUG if verbosity >= 2 else
+                    logging.INFO if (verbosity or on_terminal) else logging.WARNING)
+    stderr.setFormatter(logging.Formatter("aws-vrrp-notify: %(levelname)s: %(message)s"))
+    stderr.addFilter(redact)
+    log.addHandler(stderr)
+    try:
+        from logging.handlers import SysLogHandler
+
+        if not os.path.exists("/dev/log"):
+            raise FileNotFoundError("/dev/log")
+        syslog = SysLogHandler(address="/dev/log", facility=SysLogHandler.LOG_DAEMON)
+        syslog.handleError = lambda record: None  # a syslog hiccup must never break a failover
+        syslog.ident = "aws-vrrp-notify: "
+        syslog.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        syslog.addFilter(redact)
+        log.addHandler(syslog)
+    except OSError:
+        pass  # no syslog daemon (containers, tests): stderr only
+    # botocore's own debug logs contain signed headers: keep them quiet at any verbosity.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    return log

@@ -1,0 +1,137 @@
+"""Resolve a group's actions to AWS ids: interface -> MAC -> ENI, subnet -> route table, ...
+
+Resolved facts are cached in the state directory so that a later ``master`` can go
+straight to the mutating calls. A MAC's ENI never changes, so that part is safe to keep;
+route tables and Elastic IP allocations can change, which ``master`` notices from the
+API's error or from its verification pass and then re-resolves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .actions import Action, LocalEni, Target, reads_for
+from .ec2 import Ec2, Snapshot, fetch_snapshot
+from .imds import ImdsClient, ImdsError, ImdsNotFound
+from .links import LinkError, mac_of
+from .state import StateStore
+
+STALE_CODES = frozenset({"InvalidRouteTableID.NotFound", "InvalidAllocationID.NotFound",
+                         "InvalidNetworkInterfaceID.NotFound", "InvalidAssociationID.NotFound"})
+
+
+class PlanError(Exception):
+    """A run-time resolution failure (exit 1): unknown interface, MAC unknown to IMDS, ..."""
+
+
+@dataclass
+class Plan:
+    actions: Sequence[Action]
+    locals: List[LocalEni]
+    targets: List[Optional[Target]] = field(default_factory=list)
+    from_cache: bool = False
+
+    def vpc_ids(self) -> List[str]:
+        return sorted({l.vpc_id for l in self.locals})
+
+    def eni_ids(self) -> List[str]:
+        return sorted({l.eni_id for l in self.locals})
+
+
+def _mac_cache_key(mac: str) -> str:
+    return "mac-" + mac.replace(":", "")
+
+
+def local_eni(imds: ImdsClient, store: Optional[StateStore], interface: str, vrf: str,
+              use_cache: bool = True) -> LocalEni:
+    try:
+        mac = mac_of(interface, vrf)
+    except LinkError as exc:
+        raise PlanError(str(exc)) from None
+    cached = store.cache_get(_mac_cache_key(mac)) if (store and use_cache) else None
+    if cached and all(cached.get(k) for k in ("eni", "vpc", "subnet")):
+        return LocalEni(interface, vrf, mac, cached["eni"], cached["vpc"], cached["subnet"])
+    try:
+        eni = imds.mac_data(mac, "interface-id")
+        vpc = imds.mac_data(mac, "vpc-id")
+        subnet = imds.mac_data(mac, "subnet-id")
+    except ImdsNotFound:
+        raise PlanError(f"the metadata service does not know MAC {mac} of interface {interface} "
+                        f"(vrf {vrf}): is it an ENI of this instance?") from None
+    except ImdsError as exc:
+        raise PlanError(f"interface {interface} (vrf {vrf}): {exc}") from None
+    if store:
+        store.cache_put(_mac_cache_key(mac), {"eni": eni, "vpc": vpc, "subnet": subnet})
+    return LocalEni(interface, vrf, mac, eni, vpc, subnet)
+
+
+def resolve_locals(imds: ImdsClient, store: Optional[StateStore], actions: Sequence[Action],
+                   use_cache: bool = True) -> List[LocalEni]:
+    """The local ENI of every action, looking each distinct (interface, vrf) up once, concurrently."""
+    keys = list(dict.fromkeys((a.interface, a.vrf) for a in actions))
+    if len(keys) == 1:
+        found = {keys[0]: local_eni(imds, store, *keys[0], use_cache=use_cache)}
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
+            futures = {k: pool.submit(local_eni, imds, store, *k, use_cache=use_cache) for k in keys}
+            found = {k: f.result() for k, f in futures.items()}
+    return [found[(a.interface, a.vrf)] for a in actions]
+
+
+def region_of(imds: ImdsClient, store: Optional[StateStore], configured: Optional[str]) -> str:
+    if configured:
+        return configured
+    cached = store.cache_get("instance") if store else None
+    if cached and cached.get("region"):
+        return cached["region"]
+    try:
+        ident = imds.identity()
+    except ImdsError as exc:
+        raise PlanError(f"cannot read the instance's region: {exc}") from None
+    if store:
+        store.cache_put("instance", {"region": ident.get("region"), "instance-id": ident.get("instanceId")})
+    return ident["region"]
+
+
+def fingerprint(actions: Sequence[Action], locals_: Sequence[LocalEni]) -> str:
+    text = json.dumps([[a.describe(), l.mac, l.eni_id] for a, l in zip(actions, locals_)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def resolve_targets(ec2: Ec2, plan: Plan, snap: Optional[Snapshot] = None) -> Snapshot:
+    """Fill plan.targets from AWS (one describe per resource kind); returns the snapshot used."""
+    if snap is None:
+        snap = fetch_snapshot(ec2, reads_for(plan.actions, "resolve"), vpc_ids=plan.vpc_ids())
+    plan.targets = [a.resolve(l, snap) for a, l in zip(plan.actions, plan.locals)]
+    plan.from_cache = False
+    return snap
+
+
+def load_cached_targets(store: StateStore, group: str, plan: Plan) -> bool:
+    cached = store.cache_get(f"plan-{group}")
+    if not cached or cached.get("fingerprint") != fingerprint(plan.actions, plan.locals):
+        return False
+    targets = cached.get("targets")
+    if not isinstance(targets, list) or len(targets) != len(plan.actions):
+        return False
+    plan.targets = targets
+    plan.from_cache = True
+    return True
+
+
+def save_targets(store: StateStore, group: str, plan: Plan) -> None:
+    if all(t is not None for t in plan.targets):
+        store.cache_put(f"plan-{group}", {"fingerprint": fingerprint(plan.actions, plan.locals),
+                                          "targets": plan.targets})
+
+
+def drop_cached_targets(store: StateStore, group: str) -> None:
+    store.cache_put(f"plan-{group}", {})
+
+
+__all__ = ["Plan", "PlanError", "STALE_CODES", "drop_cached_targets", "load_cached_targets",
+           "local_eni", "region_of", "resolve_locals", "resolve_targets", "save_targets", "Tuple", "Dict"]

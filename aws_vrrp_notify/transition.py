@@ -1,0 +1,302 @@
+"""keepalived transitions: record, and on MASTER apply a group's actions under one deadline.
+
+Ordering: every transition is recorded first (a sequence number per group, under the
+group's lock). A MASTER transition checks before every AWS write that it is still the
+group's latest event; once a later one is recorded it starts no further write and exits 0.
+Different groups never share a lock.
+
+Split brain: after writing, MASTER verifies. The instance holding the group's first
+action (the anchor) re-applies whatever else drifted; an instance that finds the anchor
+on another ENI yields (no further write, exit 0, logged) so the group never ends mixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from . import EXIT_FAILED, EXIT_OK
+from .actions import Action, Observation, ResolveError, reads_for
+from .config import Config, Group
+from .deadline import Deadline, DeadlineExceeded
+from .ec2 import AwsError, Ec2, Superseded, fetch_snapshot, make_client
+from .imds import ImdsClient, ImdsError, dmi_says_ec2
+from .plan import (Plan, PlanError, STALE_CODES, drop_cached_targets, load_cached_targets,
+                   region_of, resolve_locals, resolve_targets, save_targets)
+from .state import StateStore
+
+log = logging.getLogger("aws-vrrp-notify")
+
+SETTLE_MIN = 0.2
+SETTLE_MAX = 1.0
+IMDS_CONFIRM_INTERVAL = 0.1
+
+
+class Yielded(Exception):
+    """Another instance holds the group's anchor action."""
+
+
+@dataclass
+class Outcome:
+    action: Action
+    ok: bool
+    detail: str
+    seconds: float
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def on_aws(imds: ImdsClient) -> Optional[bool]:
+    """True: IMDS answers. False: not an EC2 instance. None: EC2 per DMI but no IMDS (an error)."""
+    if imds.available():
+        return True
+    return None if dmi_says_ec2() else False
+
+
+class MasterRun:
+    def __init__(self, config: Config, group: Group, store: StateStore, seq: int):
+        self.config = config
+        self.group = group
+        self.store = store
+        self.seq = seq
+        self.deadline = Deadline(config.aws.deadline)
+        self.imds = ImdsClient(deadline=self.deadline)
+        self.ec2: Optional[Ec2] = None
+        self.plan: Optional[Plan] = None
+        self.slowest_write = 0.0
+        self._lock = threading.Lock()
+
+    def still_current(self) -> bool:
+        return self.store.is_current(self.group.name, self.seq)
+
+    # -- steps
+
+    def prepare(self) -> None:
+        actions = self.group.actions
+        locals_ = resolve_locals(self.imds, self.store, actions)
+        self.plan = Plan(actions=actions, locals=locals_)
+        region = region_of(self.imds, self.store, self.config.aws.region)
+        self.ec2 = Ec2(make_client(self.config.aws, region, self.deadline), self.deadline, self.still_current)
+        if not load_cached_targets(self.store, self.group.name, self.plan):
+            try:
+                resolve_targets(self.ec2, self.plan)
+            except ResolveError as exc:
+                raise PlanError(str(exc)) from None
+            save_targets(self.store, self.group.name, self.plan)
+
+    def apply_one(self, index: int) -> str:
+        assert self.plan is not None and self.ec2 is not None
+        action, target = self.plan.actions[index], self.plan.targets[index]
+        start = time.monotonic()
+        try:
+            return action.apply(self.ec2, target)
+        except AwsError as exc:
+            if not (self.plan.from_cache and exc.code in STALE_CODES):
+                raise
+            log.info("group %s: cached %s is stale (%s), resolving again", self.group.name,
+                     action.describe(), exc.code)
+            drop_cached_targets(self.store, self.group.name)
+            snap = fetch_snapshot(self.ec2, action.resolve_reads(), vpc_ids=self.plan.vpc_ids())
+            try:
+                target = action.resolve(self.plan.locals[index], snap)
+            except ResolveError as err:
+                raise PlanError(str(err)) from None
+            self.plan.targets[index] = target
+            return action.apply(self.ec2, target)
+        finally:
+            with self._lock:
+                self.slowest_write = max(self.slowest_write, time.monotonic() - start)
+
+    def apply_all(self, indexes: Sequence[int]) -> Dict[int, Future]:
+        """Apply the given actions concurrently, each after the actions it depends on."""
+        assert self.plan is not None
+        actions = self.plan.actions
+        futures: Dict[int, Future] = {}
+        pool = ThreadPoolExecutor(max_workers=max(1, len(indexes)), thread_name_prefix="apply")
+
+        def run(i: int, deps: List[Future]) -> str:
+            for dep in deps:
+                dep.exception()  # wait; a failed dependency does not stop this one
+            return self.apply_one(i)
+
+        ordered = sorted(indexes, key=lambda i: sum(actions[i].depends_on(actions[j]) for j in indexes))
+        for i in ordered:
+            deps = [futures[j] for j in ordered if j in futures and actions[i].depends_on(actions[j])]
+            futures[i] = pool.submit(run, i, deps)
+        pool.shutdown(wait=False)
+        return futures
+
+    def observe(self) -> List[Observation]:
+        assert self.plan is not None and self.ec2 is not None
+        snap = fetch_snapshot(self.ec2, reads_for(self.plan.actions, "observe"),
+                              eni_ids=self.plan.eni_ids(), vpc_ids=self.plan.vpc_ids())
+        observations = []
+        for i, (action, local) in enumerate(zip(self.plan.actions, self.plan.locals)):
+            try:
+                fresh = action.resolve(local, snap) if action.resolve_reads() else self.plan.targets[i]
+            except ResolveError:
+                fresh = self.plan.targets[i]
+            if fresh != self.plan.targets[i]:
+                log.info("group %s: %s now resolves to %s (was %s)", self.group.name,
+                         action.describe(), fresh, self.plan.targets[i])
+                self.plan.targets[i] = fresh
+                drop_cached_targets(self.store, self.group.name)
+            observations.append(action.observe(snap, self.plan.targets[i]))
+        return observations
+
+    def verify(self) -> None:
+        """Re-apply drift until two observations a settle interval apart agree, or yield."""
+        assert self.plan is not None
+        confirmed = False
+        while True:
+            if not self.still_current():
+                raise Superseded("verification")
+            observations = self.observe()
+            anchor = observations[0]
+            if not anchor.in_sync and anchor.holder and anchor.holder not in self.plan.eni_ids():
+                raise Yielded(f"{self.plan.actions[0].describe()} is held by {anchor.holder}")
+            drifted = [i for i, o in enumerate(observations) if not o.in_sync]
+            if not drifted:
+                if confirmed:
+                    return
+                confirmed = True
+                settle = min(SETTLE_MAX, max(SETTLE_MIN, 2 * self.slowest_write))
+                if settle >= self.deadline.remaining():
+                    return
+                time.sleep(settle)
+                continue
+            confirmed = False
+            for i in drifted:
+                log.info("group %s: %s drifted (%s), applying again", self.group.name,
+                         self.plan.actions[i].describe(), observations[i].reason)
+            for i, future in self.apply_all(drifted).items():
+                future.result(timeout=self.deadline.remaining() or 0.01)
+            if self.deadline.expired():
+                raise DeadlineExceeded("verification did not converge before the deadline")
+
+    def confirm_imds(self) -> None:
+        """AssignPrivateIpAddresses is asynchronous on EC2: wait until IMDS lists the address."""
+        from .actions import AssignPrivateIp
+
+        assert self.plan is not None
+        for action, local in zip(self.plan.actions, self.plan.locals):
+            if not isinstance(action, AssignPrivateIp):
+                continue
+            while action.ip not in self.imds.local_ipv4s(local.mac):
+                if self.deadline.remaining() <= IMDS_CONFIRM_INTERVAL:
+                    raise DeadlineExceeded(f"{action.ip} assigned to {local.eni_id}, but the metadata "
+                                           f"service's local-ipv4s for {local.mac} did not list it "
+                                           "before the deadline")
+                time.sleep(IMDS_CONFIRM_INTERVAL)
+
+
+def run_master(config: Config, group: Group, store: StateStore) -> int:
+    seq = store.record(group.name, "MASTER")
+    run = MasterRun(config, group, store, seq)
+    name = group.name
+    result: Dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            result["code"] = _master_body(run)
+        except BaseException as exc:  # reported by the waiting thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=work, name="master", daemon=True)
+    worker.start()
+    worker.join(timeout=run.deadline.remaining() + 0.5)
+    if worker.is_alive():
+        detail = f"deadline of {config.aws.deadline:g}s reached"
+        log.error("group %s: MASTER failed: %s", name, detail)
+        store.finish(name, seq, "failed", detail)
+        return EXIT_FAILED
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return int(result["code"])  # type: ignore[arg-type]
+
+
+def _master_body(run: MasterRun) -> int:
+    name, store, seq = run.group.name, run.store, run.seq
+    presence = on_aws(run.imds)
+    if presence is False:
+        log.info("group %s: not running on AWS (no instance metadata service), nothing to do", name)
+        store.finish(name, seq, "not-on-aws")
+        return EXIT_OK
+    if presence is None:
+        detail = (f"this is an EC2 instance (DMI) but the metadata service at {run.imds.endpoint} "
+                  "does not answer (IMDSv2 disabled, hop limit, or firewall?)")
+        log.error("group %s: MASTER failed: %s", name, detail)
+        store.finish(name, seq, "failed", detail)
+        return EXIT_FAILED
+    try:
+        run.prepare()
+    except (PlanError, ImdsError, AwsError, DeadlineExceeded) as exc:
+        log.error("group %s: MASTER failed: %s", name, exc)
+        store.finish(name, seq, "failed", str(exc))
+        return EXIT_FAILED
+    except Superseded:
+        return _superseded(run)
+    assert run.plan is not None
+    started = time.monotonic()
+    futures = run.apply_all(range(len(run.plan.actions)))
+    outcomes: List[Outcome] = []
+    superseded = False
+    for i, future in sorted(futures.items()):
+        action = run.plan.actions[i]
+        try:
+            detail = future.result(timeout=max(0.01, run.deadline.remaining()))
+            outcomes.append(Outcome(action, True, f"{detail} ({run.plan.targets[i]['eni']})",
+                                    time.monotonic() - started))
+        except Superseded:
+            superseded = True
+            outcomes.append(Outcome(action, False, "not applied: superseded", time.monotonic() - started))
+        except Exception as exc:  # every failure is reported, none stops the others
+            outcomes.append(Outcome(action, False, _failure_text(exc), time.monotonic() - started))
+    for o in outcomes:
+        (log.info if o.ok else log.error)("group %s: %s: %s in %s", name, o.action.describe(),
+                                         o.detail if o.ok else f"FAILED: {o.detail}", _ms(o.seconds))
+    if superseded:
+        return _superseded(run)
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        store.finish(name, seq, "failed", "; ".join(f"{o.action.describe()}: {o.detail}" for o in failed))
+        return EXIT_FAILED
+    try:
+        run.verify()
+        run.confirm_imds()
+    except Yielded as exc:
+        log.warning("group %s: another instance owns the group (%s); yielding, no further write",
+                    name, exc)
+        store.finish(name, seq, "yielded", str(exc))
+        return EXIT_OK
+    except Superseded:
+        return _superseded(run)
+    except (AwsError, ImdsError, PlanError, DeadlineExceeded) as exc:
+        log.error("group %s: MASTER verification failed: %s", name, _failure_text(exc))
+        store.finish(name, seq, "failed", f"verification: {_failure_text(exc)}")
+        return EXIT_FAILED
+    save_targets(store, name, run.plan)
+    log.info("group %s: MASTER done, %d action(s) in sync, %s", name, len(outcomes),
+             _ms(run.deadline.elapsed()))
+    store.finish(name, seq, "ok")
+    return EXIT_OK
+
+
+def _superseded(run: MasterRun) -> int:
+    log.info("group %s: MASTER superseded by a later transition; stopped without further writes",
+             run.group.name)
+    return EXIT_OK
+
+
+def _failure_text(exc: BaseException) -> str:
+    if isinstance(exc, DeadlineExceeded):
+        return str(exc) or "deadline reached"
+    return str(exc) or type(exc).__name__
+
+
