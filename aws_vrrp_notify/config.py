@@ -281,7 +281,7 @@ def parse(data: Mapping[str, Any], path: str) -> Config:
             problems.append(f"{where}: expected a table of actions, got {type(body).__name__}")
             continue
         actions = []
-        entries_seen = 0
+        problems_before = len(problems)
         for key, entries in body.items():
             cls = ACTION_TYPES.get(key)
             if cls is None:
@@ -294,7 +294,6 @@ def parse(data: Mapping[str, Any], path: str) -> Config:
             if not isinstance(entries, list):
                 problems.append(f"{where}.{key}: expected an array of tables, got {type(entries).__name__}")
                 continue
-            entries_seen += len(entries)
             for i, entry in enumerate(entries):
                 at = f"{where}.{key}[{i}]"
                 action = cls.from_table(entry, at, problems)
@@ -306,7 +305,7 @@ def parse(data: Mapping[str, Any], path: str) -> Config:
                 else:
                     owners[ident] = at
                 actions.append(action)
-        if not entries_seen and not any(k not in ACTION_TYPES for k in body):
+        if not actions and len(problems) == problems_before:
             problems.append(f"{where}: group has no action")
         groups[name] = Group(name=name, actions=tuple(actions))
     if problems:

@@ -1,0 +1,10 @@
+"""Simulated AWS for tests and the demo lab (installed with the ``[lab]`` extra).
+
+The runtime tool never imports this package.
+
+* :mod:`.moto_fixes` - patches making moto 5.2.5 closer to real EC2
+* :mod:`.imds`       - fake IMDSv2 backed live by in-process moto
+* :mod:`.netns`      - network namespace / veth helpers
+* :mod:`.cloud`      - :class:`~.cloud.Cloud`: moto + IMDS servers + the lab topology
+* :mod:`.routers`    - the two-router namespace layout built on a Cloud
+"""

@@ -1,0 +1,575 @@
+"""A simulated AWS region in this process: moto (with :mod:`moto_fixes`) plus fake IMDSv2s.
+
+::
+
+    cloud = Cloud().start()                  # moto on 127.0.0.1:<ephemeral>
+    topo = cloud.build_topology()            # VPC, subnets, route tables, r1/r2, EIP
+    url = cloud.serve_moto_in("ns-r1")       # same moto, listening on 127.0.0.1:<p> inside a netns
+    imds_url = cloud.serve_imds_in("ns-r1", "r1")
+    cloud.count_actions()                    # Counter({'AssignPrivateIpAddresses': 1, ...})
+    cloud.reset_state()                      # back to the topology baseline, counters cleared
+    cloud.close()
+
+Every listener serves the same in-memory moto.  Requests are recorded twice:
+moto's own recorder (``/moto-api/recorder/*`` endpoints, file in a private
+temporary directory) and an in-memory log of parsed EC2 query requests, which
+:meth:`Cloud.count_actions` reads.  Requests made by the harness itself (the
+``Cloud.ec2`` client; its User-Agent carries :data:`HARNESS_UA`) are left out of
+the counts unless asked for.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import io
+import os
+import shutil
+import tempfile
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+
+from . import moto_fixes
+from .imds import IMDS, DEFAULT_ACCOUNT
+
+__all__ = ["Cloud", "Topology", "InstanceInfo", "Request", "HARNESS_UA"]
+
+HARNESS_UA = "avn-lab-harness"
+FAKE_AMI = "ami-0a1b2c3d4e5f60718"
+
+
+@dataclass
+class InstanceInfo:
+    name: str
+    instance_id: str
+    enis: dict[int, str]            # device index -> ENI id
+    macs: dict[int, str]            # device index -> MAC
+    private_ips: dict[int, str]     # device index -> primary private IPv4
+    subnets: dict[int, str]         # device index -> subnet id
+    ipv6s: dict[int, list[str]] = field(default_factory=dict)
+
+    def eni(self, index: int = 0) -> str:
+        return self.enis[index]
+
+    def mac(self, index: int = 0) -> str:
+        return self.macs[index]
+
+
+@dataclass
+class Topology:
+    region: str
+    az: str
+    account_id: str
+    vpc: str
+    vpc_cidr: str
+    vpc_ipv6_cidr: str
+    igw: str
+    subnets: dict[str, str]          # "lan" | "wan" | "implicit" -> subnet id
+    subnet_cidrs: dict[str, str]     # same keys -> IPv4 CIDR
+    subnet_ipv6_cidrs: dict[str, str]
+    route_tables: dict[str, str]     # "lan" | "wan" | "main" -> rtb id ("implicit" uses "main")
+    instances: dict[str, InstanceInfo]   # "r1" | "r2"
+    eip_alloc: str
+    eip_public_ip: str
+
+    def rtb_for(self, subnet_key: str) -> str:
+        return self.route_tables.get(subnet_key, self.route_tables["main"])
+
+    def as_dict(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Request:
+    """One request seen by moto (harness requests included, flagged)."""
+    listener: str           # label of the listener ("root", or the namespace name)
+    action: str | None      # EC2 Action, None for non-query requests (moto-api, ...)
+    params: dict[str, str]  # form parameters (first value of each)
+    harness: bool
+    time: float
+
+
+class _QuietHandler:
+    """Factory for moto's request handler without the per-request access log."""
+
+    _cls = None
+
+    @classmethod
+    def get(cls):
+        if cls._cls is None:
+            from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+            class Quiet(MotoRequestHandler):
+                def log_request(self, *a, **k):
+                    pass
+
+            cls._cls = Quiet
+        return cls._cls
+
+
+class _RecordingApp:
+    def __init__(self, cloud: "Cloud", label: str):
+        self.cloud = cloud
+        self.label = label
+
+    def __call__(self, environ, start_response):
+        cloud = self.cloud
+        body = b""
+        try:
+            n = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            n = 0
+        if n:
+            body = environ["wsgi.input"].read(n)
+            environ["wsgi.input"] = io.BytesIO(body)
+        params: dict[str, str] = {}
+        ctype = environ.get("CONTENT_TYPE", "")
+        if body and "x-www-form-urlencoded" in ctype:
+            params = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace"),
+                                                                 keep_blank_values=True).items()}
+        elif environ.get("QUERY_STRING"):
+            params = {k: v[0] for k, v in urllib.parse.parse_qs(environ["QUERY_STRING"]).items()}
+        harness = HARNESS_UA in environ.get("HTTP_USER_AGENT", "")
+        label = environ.get("HTTP_X_AVN_LISTENER") or self.label  # set by tests' fault proxy
+        req = Request(label, params.get("Action"), params, harness, time.time())
+        with cloud._lock:
+            cloud.requests.append(req)
+        hook = cloud.request_hook
+        if hook is not None and not harness:
+            hook(req)
+        return cloud._app(environ, start_response)
+
+
+class Cloud:
+    """moto + fake IMDSs hosted in this process.  See the module docstring."""
+
+    def __init__(self, region: str = "eu-west-3", *, account_id: str = DEFAULT_ACCOUNT,
+                 load_default_amis: bool = False):
+        self.load_default_amis = load_default_amis
+        self.region = region
+        self.az = region + "a"
+        self.account_id = account_id
+        self.requests: list[Request] = []
+        self.request_hook = None       # callable(Request), called before moto handles a tool request
+        self.topology: Topology | None = None
+        self.url: str | None = None
+        self._lock = threading.Lock()
+        self._servers: list[tuple[object, threading.Thread, str]] = []
+        self._imds: dict[str, IMDS] = {}
+        self._root_imds: dict[str, str] = {}
+        self._app = None
+        self._tmp = None
+        self._ec2 = None
+        self._baseline: dict | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "Cloud":
+        if not self.load_default_amis:
+            # moto reads this when it creates a region's backend: skipping its ~1300 AMIs
+            # saves about a second; the topology uses a fake AMI id anyway.
+            os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from moto.moto_api import recorder
+
+        moto_fixes.apply()
+        self._app = DomainDispatcherApplication(create_backend_app)
+        self._tmp = tempfile.mkdtemp(prefix="avn-cloud-")
+        recorder._location = os.path.join(self._tmp, "moto_recording.jsonl")
+        recorder.reset_recording()
+        recorder.start_recording()
+        host, port = self._serve(None, "127.0.0.1", 0, "root")
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def close(self) -> None:
+        for imds in self._imds.values():
+            imds.close()
+        self._imds.clear()
+        self._root_imds.clear()
+        for srv, t, _ in self._servers:
+            srv.shutdown()
+            srv.server_close()
+            t.join(timeout=2)
+        self._servers.clear()
+        try:
+            from moto.moto_api import recorder
+
+            recorder.stop_recording()
+        except Exception:
+            pass
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _serve(self, ns, host, port, label):
+        from werkzeug.serving import make_server
+        from .netns import listen
+
+        app = _RecordingApp(self, label)
+        if ns is None and host in ("127.0.0.1", "::1"):
+            srv = make_server(host, port, app, threaded=True, request_handler=_QuietHandler.get())
+        else:
+            sock = listen(ns, host, port)
+            try:
+                srv = make_server(host, sock.getsockname()[1], app, threaded=True,
+                                  request_handler=_QuietHandler.get(), fd=sock.fileno())
+            finally:
+                sock.close()  # werkzeug dup()ed it
+        srv.daemon_threads = True
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
+                             name=f"moto-{label}", daemon=True)
+        t.start()
+        self._servers.append((srv, t, label))
+        return srv.server_address[0], srv.server_address[1]
+
+    def serve_moto_in(self, ns: str, host: str = "127.0.0.1", port: int = 0, *, label: str | None = None) -> str:
+        """Also serve moto inside network namespace ``ns``; returns the URL valid inside it."""
+        h, p = self._serve(ns, host, port, label or ns)
+        return f"http://{h}:{p}"
+
+    # ------------------------------------------------------------------ IMDS
+    def imds(self, instance: str) -> IMDS:
+        """The (cached) fake IMDS of an instance, by topology name ("r1") or instance id."""
+        iid = self._instance_id(instance)
+        if iid not in self._imds:
+            self._imds[iid] = IMDS(iid, region=self.region, account_id=self.account_id)
+        return self._imds[iid]
+
+    def serve_imds(self, instance: str) -> str:
+        """Serve an instance's IMDS on 127.0.0.1 of this process's namespace (once; cached).
+
+        Returns its URL (with a trailing /)."""
+        iid = self._instance_id(instance)
+        if iid not in self._root_imds:
+            h, p = self.imds(instance).serve(("127.0.0.1", 0))
+            self._root_imds[iid] = f"http://{h}:{p}/"
+        return self._root_imds[iid]
+
+    def serve_imds_in(self, ns: str, instance: str, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve an instance's IMDS inside network namespace ``ns``; returns the URL valid inside it."""
+        from .netns import listen
+
+        h, p = self.imds(instance).serve(listen(ns, host, port))
+        return f"http://{h}:{p}/" if p != 80 else f"http://{h}/"
+
+    def _instance_id(self, instance: str) -> str:
+        if self.topology and instance in self.topology.instances:
+            return self.topology.instances[instance].instance_id
+        return instance
+
+    # ------------------------------------------------------------------ clients
+    def client(self, service: str = "ec2", **kw):
+        import boto3
+        from botocore.config import Config
+
+        cfg = Config(user_agent_extra=HARNESS_UA, retries={"max_attempts": 1, "mode": "standard"},
+                     connect_timeout=5, read_timeout=30)
+        return boto3.session.Session().client(
+            service, endpoint_url=self.url, region_name=self.region,
+            aws_access_key_id="testing", aws_secret_access_key="testing", config=cfg, **kw)
+
+    @property
+    def ec2(self):
+        """boto3 EC2 client of the harness (its calls are not counted by count_actions)."""
+        if self._ec2 is None:
+            self._ec2 = self.client("ec2")
+        return self._ec2
+
+    @property
+    def backend(self):
+        from moto.ec2.models import ec2_backends
+
+        return ec2_backends[self.account_id][self.region]
+
+    # ------------------------------------------------------------------ counting
+    def count_actions(self, *, listener: str | None = None, include_harness: bool = False) -> collections.Counter:
+        """EC2 calls per Action since the last reset_counts() (tool calls only by default).
+
+        ``listener`` restricts to one listener: "root" or a namespace name given
+        to serve_moto_in (i.e. which router made the call)."""
+        with self._lock:
+            reqs = list(self.requests)
+        return collections.Counter(
+            r.action for r in reqs
+            if r.action and (include_harness or not r.harness) and (listener is None or r.listener == listener))
+
+    def calls(self, action: str | None = None, *, listener: str | None = None,
+              include_harness: bool = False) -> list[Request]:
+        """Recorded requests (with their parameters), optionally filtered."""
+        with self._lock:
+            reqs = list(self.requests)
+        return [r for r in reqs if (action is None or r.action == action)
+                and (include_harness or not r.harness) and (listener is None or r.listener == listener)]
+
+    def reset_counts(self) -> None:
+        from moto.moto_api import recorder
+
+        with self._lock:
+            self.requests.clear()
+        try:
+            recorder.reset_recording()
+        except OSError:
+            pass
+        for imds in self._imds.values():
+            with imds.lock:
+                imds.log.clear()
+
+    def recorded_actions(self) -> collections.Counter:
+        """Same count from moto's own recorder file (every request, harness included)."""
+        import base64
+        import json
+        from moto.moto_api import recorder
+
+        c = collections.Counter()
+        for line in recorder.download_recording().splitlines():
+            e = json.loads(line)
+            b = e.get("body") or ""
+            if e.get("body_encoded"):
+                b = base64.b64decode(b).decode("utf-8", "replace")
+            a = urllib.parse.parse_qs(b).get("Action")
+            if a:
+                c[a[0]] += 1
+        return c
+
+    # ------------------------------------------------------------------ topology
+    def build_topology(self) -> Topology:
+        """Create the standard lab topology (once; later calls return it)."""
+        if self.topology is not None:
+            return self.topology
+        ec2 = self.ec2
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16", AmazonProvidedIpv6CidrBlock=True)["Vpc"]
+        vpc_id = vpc["VpcId"]
+        v6 = ipaddress.ip_network(vpc["Ipv6CidrBlockAssociationSet"][0]["Ipv6CidrBlock"])
+        v6_subnets = list(v6.subnets(new_prefix=64)) if v6.prefixlen <= 64 else []
+        ec2.create_tags(Resources=[vpc_id], Tags=[{"Key": "Name", "Value": "lab"}])
+        igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+        ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc_id)
+        cidrs = {"lan": "10.0.1.0/24", "wan": "10.0.2.0/24", "implicit": "10.0.3.0/24"}
+        subnets, v6cidrs = {}, {}
+        for i, (key, cidr) in enumerate(cidrs.items(), start=1):
+            kw = {}
+            if v6_subnets:
+                kw["Ipv6CidrBlock"] = str(v6_subnets[i])
+                v6cidrs[key] = str(v6_subnets[i])
+            subnets[key] = ec2.create_subnet(VpcId=vpc_id, CidrBlock=cidr, AvailabilityZone=self.az,
+                                             TagSpecifications=[{"ResourceType": "subnet",
+                                                                 "Tags": [{"Key": "Name", "Value": key}]}],
+                                             **kw)["Subnet"]["SubnetId"]
+        main = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
+                                                  {"Name": "association.main", "Values": ["true"]}]
+                                         )["RouteTables"][0]["RouteTableId"]
+        rtbs = {"main": main}
+        for key in ("lan", "wan"):
+            rtb = ec2.create_route_table(VpcId=vpc_id)["RouteTable"]["RouteTableId"]
+            ec2.associate_route_table(RouteTableId=rtb, SubnetId=subnets[key])
+            rtbs[key] = rtb
+        instances = {}
+        for n, name in enumerate(("r1", "r2"), start=1):
+            ips = {0: f"10.0.1.1{n}", 1: f"10.0.2.1{n}", 2: f"10.0.1.2{n}"}
+            subs = {0: subnets["lan"], 1: subnets["wan"], 2: subnets["lan"]}
+            inst = ec2.run_instances(
+                ImageId=FAKE_AMI, MinCount=1, MaxCount=1, InstanceType="c5n.xlarge",
+                SubnetId=subnets["lan"], PrivateIpAddress=ips[0],
+                TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}],
+            )["Instances"][0]
+            iid = inst["InstanceId"]
+            enis = {0: inst["NetworkInterfaces"][0]["NetworkInterfaceId"]}
+            macs = {0: inst["NetworkInterfaces"][0]["MacAddress"]}
+            for idx in (1, 2):
+                eni = ec2.create_network_interface(SubnetId=subs[idx], PrivateIpAddress=ips[idx],
+                                                   Description=f"{name} device {idx}")["NetworkInterface"]
+                ec2.attach_network_interface(NetworkInterfaceId=eni["NetworkInterfaceId"], InstanceId=iid,
+                                             DeviceIndex=idx)
+                enis[idx], macs[idx] = eni["NetworkInterfaceId"], eni["MacAddress"]
+            ipv6s = {}
+            for idx, eni in enis.items():
+                ec2.modify_network_interface_attribute(NetworkInterfaceId=eni, SourceDestCheck={"Value": False})
+            if v6_subnets:
+                for idx in (0, 1):
+                    ipv6s[idx] = ec2.assign_ipv6_addresses(NetworkInterfaceId=enis[idx],
+                                                           Ipv6AddressCount=1)["AssignedIpv6Addresses"]
+            instances[name] = InstanceInfo(name, iid, enis, macs, ips, subs, ipv6s)
+        eip = ec2.allocate_address(Domain="vpc")
+        self.topology = Topology(
+            region=self.region, az=self.az, account_id=self.account_id, vpc=vpc_id, vpc_cidr="10.0.0.0/16",
+            vpc_ipv6_cidr=str(v6), igw=igw, subnets=subnets, subnet_cidrs=cidrs, subnet_ipv6_cidrs=v6cidrs,
+            route_tables=rtbs, instances=instances, eip_alloc=eip["AllocationId"], eip_public_ip=eip["PublicIp"])
+        self._baseline = self._snapshot()
+        return self.topology
+
+    # ------------------------------------------------------------------ state
+    def _snapshot(self) -> dict:
+        t = self.topology
+        ec2 = self.ec2
+        enis = {}
+        for n in ec2.describe_network_interfaces(Filters=[{"Name": "vpc-id", "Values": [t.vpc]}])["NetworkInterfaces"]:
+            enis[n["NetworkInterfaceId"]] = [p["PrivateIpAddress"] for p in n["PrivateIpAddresses"]]
+        rtbs = {}
+        for rt in ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [t.vpc]}])["RouteTables"]:
+            rtbs[rt["RouteTableId"]] = {
+                "routes": {_dest(r): _target(r) for r in rt["Routes"]},
+                "subnets": sorted(a["SubnetId"] for a in rt.get("Associations", []) if a.get("SubnetId")),
+                "main": any(a.get("Main") for a in rt.get("Associations", [])),
+            }
+        eips = {a["AllocationId"]: (a.get("NetworkInterfaceId") or None, a.get("PrivateIpAddress") or None)
+                for a in ec2.describe_addresses()["Addresses"] if a.get("AllocationId")}
+        return {"enis": enis, "rtbs": rtbs, "eips": eips}
+
+    def reset_state(self) -> None:
+        """Undo what tests did to the topology (VIPs, routes, EIP associations, subnet
+        associations, extra EIPs and route tables), then clear counters and IMDS logs,
+        tokens and overrides.  Only differences cost API calls."""
+        if self.topology is None:
+            self.reset_counts()
+            return
+        base = self._baseline
+        ec2 = self.ec2
+        now = self._snapshot()
+        # EIPs: disassociate / release everything that is not the baseline
+        for alloc, assoc in now["eips"].items():
+            if alloc not in base["eips"]:
+                if assoc[0]:
+                    ec2.disassociate_address(PublicIp=self._public_ip(alloc))
+                ec2.release_address(AllocationId=alloc)
+            elif assoc != base["eips"][alloc]:
+                if assoc[0]:
+                    ec2.disassociate_address(PublicIp=self._public_ip(alloc))
+        # private IPs: remove secondaries first (so reassignment back never collides)
+        for eni, ips in now["enis"].items():
+            extra = [ip for ip in ips if ip not in base["enis"].get(eni, ips) and ip != ips[0]]
+            if extra:
+                ec2.unassign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=extra)
+        for eni, ips in base["enis"].items():
+            cur = now["enis"].get(eni)
+            if cur is None:
+                continue
+            missing = [ip for ip in ips[1:] if ip not in cur]
+            if missing:
+                ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=missing,
+                                                AllowReassignment=True)
+        # route tables
+        for rtb, cur in now["rtbs"].items():
+            want = base["rtbs"].get(rtb)
+            if want is None:  # created by a test
+                for s in cur["subnets"]:
+                    for a in ec2.describe_route_tables(RouteTableIds=[rtb])["RouteTables"][0]["Associations"]:
+                        if a.get("SubnetId") == s:
+                            ec2.disassociate_route_table(AssociationId=a["RouteTableAssociationId"])
+                if not cur["main"]:
+                    ec2.delete_route_table(RouteTableId=rtb)
+                continue
+            for dest, target in cur["routes"].items():
+                if target == ("gateway", "local"):
+                    continue
+                if dest not in want["routes"]:
+                    ec2.delete_route(RouteTableId=rtb, **_dest_kw(dest))
+                elif want["routes"][dest] != target:
+                    ec2.replace_route(RouteTableId=rtb, **_dest_kw(dest), **_target_kw(want["routes"][dest]))
+            for dest, target in want["routes"].items():
+                if dest not in cur["routes"]:
+                    ec2.create_route(RouteTableId=rtb, **_dest_kw(dest), **_target_kw(target))
+        # subnet associations
+        assoc_of = {}
+        for rt in ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [self.topology.vpc]}])["RouteTables"]:
+            for a in rt.get("Associations", []):
+                if a.get("SubnetId"):
+                    assoc_of[a["SubnetId"]] = (rt["RouteTableId"], a["RouteTableAssociationId"])
+        want_assoc = {s: rtb for rtb, v in base["rtbs"].items() for s in v["subnets"]}
+        for subnet in set(assoc_of) | set(want_assoc):
+            cur = assoc_of.get(subnet)
+            want = want_assoc.get(subnet)
+            if cur and cur[0] == want:
+                continue
+            if cur:
+                ec2.disassociate_route_table(AssociationId=cur[1])
+            if want:
+                ec2.associate_route_table(RouteTableId=want, SubnetId=subnet)
+        self.request_hook = None
+        self.reset_counts()
+        for imds in self._imds.values():
+            imds.reset()
+
+    def _public_ip(self, alloc: str) -> str:
+        return self.ec2.describe_addresses(AllocationIds=[alloc])["Addresses"][0]["PublicIp"]
+
+    # ------------------------------------------------------------------ assertions
+    def eni_private_ips(self, eni: str) -> list[str]:
+        """Private IPv4 addresses of an ENI, primary first."""
+        n = self.ec2.describe_network_interfaces(NetworkInterfaceIds=[eni])["NetworkInterfaces"][0]
+        ips = n["PrivateIpAddresses"]
+        return [p["PrivateIpAddress"] for p in ips if p.get("Primary")] + \
+               [p["PrivateIpAddress"] for p in ips if not p.get("Primary")]
+
+    def who_holds(self, ip: str) -> list[str]:
+        """ENI ids (of the lab VPC) that hold private IPv4 ``ip``."""
+        flt = [{"Name": "vpc-id", "Values": [self.topology.vpc]}] if self.topology else []
+        return [n["NetworkInterfaceId"] for n in self.ec2.describe_network_interfaces(Filters=flt)["NetworkInterfaces"]
+                if any(p["PrivateIpAddress"] == ip for p in n["PrivateIpAddresses"])]
+
+    def route(self, rtb: str, dest: str) -> dict | None:
+        """The route of ``rtb`` for destination prefix ``dest`` (IPv4 or IPv6), or None."""
+        want = ipaddress.ip_network(dest, strict=False)
+        rt = self.ec2.describe_route_tables(RouteTableIds=[rtb])["RouteTables"][0]
+        for r in rt["Routes"]:
+            d = r.get("DestinationCidrBlock") or r.get("DestinationIpv6CidrBlock")
+            if d and ipaddress.ip_network(d, strict=False) == want:
+                return r
+        return None
+
+    def route_target(self, rtb: str, dest: str) -> str | None:
+        """ENI id the route for ``dest`` targets, or None (no route, or not an ENI target)."""
+        r = self.route(rtb, dest)
+        if r is None:
+            return None
+        return r.get("NetworkInterfaceId") or None
+
+    def eip_association(self, alloc_id: str | None = None) -> tuple[str, str] | None:
+        """(ENI id, private IP) an Elastic IP is associated with, or None."""
+        alloc_id = alloc_id or self.topology.eip_alloc
+        a = self.ec2.describe_addresses(AllocationIds=[alloc_id])["Addresses"][0]
+        if not a.get("NetworkInterfaceId"):
+            return None
+        return a["NetworkInterfaceId"], a.get("PrivateIpAddress")
+
+
+def _dest(r: dict) -> str:
+    return r.get("DestinationCidrBlock") or r.get("DestinationIpv6CidrBlock") or r.get("DestinationPrefixListId")
+
+
+_TARGET_KEYS = (("NetworkInterfaceId", "eni"), ("GatewayId", "gateway"), ("InstanceId", "instance"),
+                ("NatGatewayId", "nat"), ("TransitGatewayId", "tgw"), ("VpcPeeringConnectionId", "pcx"),
+                ("EgressOnlyInternetGatewayId", "eigw"))
+_TARGET_PARAM = {"eni": "NetworkInterfaceId", "gateway": "GatewayId", "instance": "InstanceId",
+                 "nat": "NatGatewayId", "tgw": "TransitGatewayId", "pcx": "VpcPeeringConnectionId",
+                 "eigw": "EgressOnlyInternetGatewayId"}
+
+
+def _target(r: dict):
+    for key, kind in _TARGET_KEYS:
+        if r.get(key):
+            return (kind, r[key])
+    return (None, None)
+
+
+def _target_kw(t) -> dict:
+    kind, val = t
+    return {_TARGET_PARAM[kind]: val} if kind else {}
+
+
+def _dest_kw(dest: str) -> dict:
+    if dest.startswith("pl-"):
+        return {"DestinationPrefixListId": dest}
+    if ":" in dest:
+        return {"DestinationIpv6CidrBlock": dest}
+    return {"DestinationCidrBlock": dest}
+

@@ -1,0 +1,222 @@
+"""Monkeypatches that bring moto 5.2.x closer to real EC2 for VRRP failover tests.
+
+Call :func:`apply` in the process that hosts moto (the werkzeug app of
+:mod:`aws_vrrp_notify.lab.cloud`, ``ThreadedMotoServer`` or ``mock_aws``) before
+serving.  It is idempotent.  The patches touch moto internals, so moto is pinned
+(``moto[ec2]==5.2.5`` in the ``lab`` extra) and ``tests/test_lab.py`` exercises
+every patch.
+
+What is fixed (see TESTBED.md section 1.4 for the observed moto behaviour):
+
+* ``AssignPrivateIpAddresses``: an address held by another ENI is *moved* when
+  ``AllowReassignment`` is true and rejected (``InvalidParameterValue``)
+  otherwise; an address outside the ENI's subnet or equal to another ENI's
+  primary address is rejected.  An Elastic IP associated with a moved private
+  address moves with it, as on EC2.
+* ``DryRun`` on the route-table calls raises ``DryRunOperation`` (HTTP 412) and
+  changes nothing (moto ignored it and applied the change).
+* ``AssociateAddress`` honours ``PrivateIpAddress`` (rejects an address that is
+  not on the target ENI with ``InvalidParameterValue``), reports ``InstanceId``
+  for an ENI attached to an instance, and clears the stale association left on
+  the previous ENI.
+* ``DescribeAddresses`` ``PrivateIpAddress`` and its ``private-ip-address``
+  filter reflect the associated private address rather than the ENI's primary.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from moto.ec2.exceptions import DryRunClientError, EC2ClientError
+from moto.ec2.models.elastic_ip_addresses import ElasticAddress
+from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
+from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
+from moto.ec2.responses.route_tables import RouteTables
+
+__all__ = ["apply", "is_applied"]
+
+_ORIG: dict = {}
+_APPLIED = False
+
+_ROUTE_TABLE_CALLS = (
+    "associate_route_table",
+    "create_route",
+    "create_route_table",
+    "delete_route",
+    "delete_route_table",
+    "describe_route_tables",
+    "disassociate_route_table",
+    "replace_route",
+    "replace_route_table_association",
+)
+
+
+def _truthy(value) -> bool:
+    return str(value).lower() == "true"
+
+
+def _raise_on_dryrun(resp) -> None:
+    if _truthy(resp._get_param("DryRun", False)):
+        raise DryRunClientError()
+
+
+def _eips_on(backend, eni, ip=None):
+    """Elastic IPs associated with ``eni`` (and with private address ``ip`` if given)."""
+    out = []
+    for eip in backend.addresses:
+        if eip.eni is not eni:
+            continue
+        if ip is not None and _eip_private_ip(eip) != ip:
+            continue
+        out.append(eip)
+    return out
+
+
+# --- AssignPrivateIpAddresses ------------------------------------------------
+
+def _assign_private_ip_addresses(self):
+    backend = self.ec2_backend
+    eni = backend.get_network_interface(self._get_param("NetworkInterfaceId"))
+    ips = self._get_param("PrivateIpAddresses", []) or []
+    allow = _truthy(self._get_param("AllowReassignment", False))
+    net = ipaddress.ip_network(eni.subnet.cidr_block)
+    moves = []
+    for ip in ips:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            raise EC2ClientError("InvalidParameterValue", f"Invalid private IP address {ip!r}")
+        if addr not in net:
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Address {ip} does not fall within the subnet's address range",
+            )
+        for other in list(backend.enis.values()):
+            if other is eni:
+                continue
+            held = [p for p in other.private_ip_addresses if p.get("PrivateIpAddress") == ip]
+            if not held:
+                continue
+            if held[0].get("Primary") or other.private_ip_address == ip:
+                raise EC2ClientError("InvalidParameterValue", f"Address {ip} is in use as a primary address.")
+            if not allow:
+                raise EC2ClientError("InvalidParameterValue", f"Address {ip} is in use.")
+            moves.append((other, held[0], ip))
+    # validation done: now apply the moves (all or nothing)
+    for other, entry, ip in moves:
+        if entry in other.private_ip_addresses:
+            other.private_ip_addresses.remove(entry)
+        for eip in _eips_on(backend, other, ip):  # the EIP follows its private address
+            other.public_ip = None
+            eip.eni = eni
+            eip.instance = eni.instance
+            eni.public_ip = eip.public_ip
+    return _ORIG["assign"](self)
+
+
+# --- route tables: DryRun ------------------------------------------------------
+
+def _dryrun_first(name):
+    orig = _ORIG["rt:" + name]
+
+    def wrapper(self):
+        _raise_on_dryrun(self)
+        return orig(self)
+
+    wrapper.__name__ = name
+    wrapper._lab_patched = True
+    return wrapper
+
+
+# --- Elastic IPs ---------------------------------------------------------------
+
+def _eip_private_ip(self):
+    if not self.eni:
+        return None
+    wanted = getattr(self, "_lab_private_ip", None)
+    if wanted and any(p.get("PrivateIpAddress") == wanted for p in self.eni.private_ip_addresses):
+        return wanted
+    return self.eni.private_ip_address
+
+
+def _eip_get_filter_value(self, filter_name, method_name=None):
+    if filter_name == "private-ip-address":
+        return _eip_private_ip(self)
+    return _ORIG["eip_filter"](self, filter_name, method_name)
+
+
+def _associate_address(self):
+    _raise_on_dryrun(self)
+    backend = self.ec2_backend
+    params = self._get_params()
+    target = None
+    if "NetworkInterfaceId" in params:
+        target = backend.get_network_interface(self._get_param("NetworkInterfaceId"))
+    elif "InstanceId" in params:
+        inst = backend.get_instance(self._get_param("InstanceId"))
+        target = inst.nics[0] if getattr(inst, "nics", None) else None
+    wanted = self._get_param("PrivateIpAddress")
+    if wanted and target is not None:
+        if not any(p.get("PrivateIpAddress") == wanted for p in target.private_ip_addresses):
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"The specified private IP address {wanted} is not assigned to network interface {target.id}",
+            )
+    eip = None
+    try:
+        if "AllocationId" in params:
+            eip = backend.address_by_allocation([self._get_param("AllocationId")])[0]
+        elif "PublicIp" in params:
+            eip = backend.address_by_ip([self._get_param("PublicIp")])[0]
+    except Exception:  # let moto raise its own error below
+        eip = None
+    old_eni = eip.eni if eip is not None else None
+    result = _ORIG["associate"](self)
+    if eip is not None:
+        eip._lab_private_ip = wanted or (eip.eni.private_ip_address if eip.eni else None)
+        if eip.eni is not None and eip.eni.instance is not None and eip.instance is None:
+            eip.instance = eip.eni.instance  # EC2 reports InstanceId for an attached ENI
+        if old_eni is not None and old_eni is not eip.eni and old_eni.public_ip == eip.public_ip:
+            old_eni.public_ip = None  # moto leaves a stale Association on the old ENI
+            others = [e for e in _eips_on(backend, old_eni) if e is not eip]
+            if others:
+                old_eni.public_ip = others[0].public_ip
+    return result
+
+
+def _disassociate_address(self):
+    result = _ORIG["disassociate"](self)
+    for eip in self.ec2_backend.addresses:
+        if eip.eni is None and getattr(eip, "_lab_private_ip", None):
+            eip._lab_private_ip = None
+    return result
+
+
+# --- entry points ----------------------------------------------------------------
+
+def is_applied() -> bool:
+    return _APPLIED
+
+
+def apply() -> None:
+    """Install the patches (idempotent)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    _ORIG["assign"] = ElasticNetworkInterfaces.assign_private_ip_addresses
+    ElasticNetworkInterfaces.assign_private_ip_addresses = _assign_private_ip_addresses
+    for name in _ROUTE_TABLE_CALLS:
+        orig = getattr(RouteTables, name, None)
+        if orig is None or getattr(orig, "_lab_patched", False):
+            continue
+        _ORIG["rt:" + name] = orig
+        setattr(RouteTables, name, _dryrun_first(name))
+    _ORIG["associate"] = ElasticIPAddresses.associate_address
+    ElasticIPAddresses.associate_address = _associate_address
+    _ORIG["disassociate"] = ElasticIPAddresses.disassociate_address
+    ElasticIPAddresses.disassociate_address = _disassociate_address
+    _ORIG["eip_private_ip"] = ElasticAddress.__dict__.get("private_ip_address")
+    ElasticAddress.private_ip_address = property(_eip_private_ip)
+    _ORIG["eip_filter"] = ElasticAddress.get_filter_value
+    ElasticAddress.get_filter_value = _eip_get_filter_value
+    _APPLIED = True
