@@ -107,3 +107,28 @@ def validate(ctx: click.Context, permissions: bool) -> None:
         ctx.exit(check_permissions(cfg, opts))
     actions = sum(len(g.actions) for g in cfg.groups.values())
     click.echo(f"{cfg.path}: OK ({len(cfg.groups)} group(s), {actions} action(s))")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("section", required=False, type=click.Choice(["instance", "network-port", "ha-notification"]))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@click.pass_context
+def status(ctx: click.Context, section: Optional[str], as_json: bool) -> None:
+    """Operational data: the instance, its network ports and ENIs, and the groups in sync."""
+    from .commands import status as run
+
+    opts: Options = ctx.obj
+    ctx.exit(run(opts.config, opts.state_dir, opts.verbose, section, as_json))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@click.option("--prometheus", metavar="FILE", help="Also write the facts atomically in Prometheus text format.")
+@click.option("--repair", is_flag=True, help="Re-apply the actions of groups recorded MASTER that drifted.")
+@click.pass_context
+def check(ctx: click.Context, as_json: bool, prometheus: Optional[str], repair: bool) -> None:
+    """Drift report for cron: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+    from .commands import check as run
+
+    opts: Options = ctx.obj
+    ctx.exit(run(opts.config, opts.state_dir, opts.verbose, as_json, prometheus, repair))

@@ -67,3 +67,121 @@ def transition(config: Optional[str], state: Optional[str], verbosity: int, new_
     except Exception as exc:  # an unexpected bug must still be reported, not a bare traceback
         log.exception("group %s: %s failed unexpectedly: %s", group_name, new_state, exc)
         return EXIT_FAILED
+
+
+def _reporting_imds(cfg: Optional[Config]):
+    from .deadline import Deadline
+    from .imds import ImdsClient
+
+    deadline = Deadline(cfg.aws.deadline if cfg else 30.0)
+    return ImdsClient(deadline=deadline), deadline
+
+
+def status(config: Optional[str], state: Optional[str], verbosity: int, section: Optional[str],
+           as_json: bool) -> int:
+    """status [instance|network-port|ha-notification] [--json]."""
+    from .imds import ImdsError
+    from .logsetup import setup
+    from .report import (NotOnAws, ha_json, ha_lines, instance_json, instance_lines, observe_groups,
+                         port_lines, require_aws, to_json)
+
+    setup(verbosity)
+    sections = [section] if section else ["instance", "network-port", "ha-notification"]
+    cfg = None
+    if "ha-notification" in sections:
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            return report_config_error(exc)
+    imds, deadline = _reporting_imds(cfg)
+    try:
+        require_aws(imds)
+    except NotOnAws:
+        print("not running on AWS (no instance metadata service): nothing to show")
+        return EXIT_OK
+    except ImdsError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    out_json = {}
+    lines = []
+    try:
+        if "instance" in sections:
+            identity = imds.identity()
+            out_json["instance"] = instance_json(identity)
+            lines += instance_lines(identity)
+        if "network-port" in sections:
+            from .ports import network_ports
+
+            ports = network_ports()
+            for port in ports:
+                try:
+                    port.aws_interface_id = imds.mac_data(port.mac_address, "interface-id")
+                except ImdsError:
+                    port.aws_interface_id = None
+            out_json["network-ports"] = [p.to_dict() for p in ports]
+            lines += port_lines(ports)
+        if "ha-notification" in sections:
+            store = StateStore(state_dir(state))
+            reports = observe_groups(cfg, store, imds, deadline)
+            for report in reports:
+                if report.error:
+                    log.error("group %s: %s", report.name, report.error)
+            out_json["ha-notification"] = ha_json(reports)
+            lines += ha_lines(reports)
+    except ImdsError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    print(to_json(out_json) if as_json else "\n".join(lines))
+    return EXIT_OK
+
+
+def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: bool,
+          prometheus: Optional[str], repair: bool) -> int:
+    """Drift report; exit status 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+    import time
+
+    from .imds import ImdsError
+    from .logsetup import setup
+    from .report import (UNKNOWN, NotOnAws, check_json, check_lines, observe_groups, prometheus_text,
+                         require_aws, to_json, write_atomic)
+
+    setup(verbosity)
+
+    def unknown(message: str) -> int:
+        if as_json:
+            print(to_json({"status": "UNKNOWN", "exit-code": UNKNOWN, "groups": [], "error": message}))
+        else:
+            print(f"aws-vrrp-notify check UNKNOWN: {message}")
+        if prometheus:
+            write_atomic(prometheus, prometheus_text([], UNKNOWN, message, time.time()))
+        return UNKNOWN
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        report_config_error(exc)
+        return unknown(f"configuration error in {exc.path}")
+    imds, deadline = _reporting_imds(cfg)
+    try:
+        require_aws(imds)
+    except NotOnAws:
+        return unknown("not running on AWS (no instance metadata service)")
+    except ImdsError as exc:
+        return unknown(str(exc))
+    store = StateStore(state_dir(state))
+    reports = observe_groups(cfg, store, imds, deadline)
+    if repair:
+        drifted = [r.name for r in reports if r.state == "MASTER" and r.check()[0] != 0 and not r.error]
+        if drifted:
+            from .transition import repair_group
+
+            store.ensure()
+            for name in drifted:
+                repair_group(cfg, cfg.groups[name], store)
+            imds, deadline = _reporting_imds(cfg)
+            reports = observe_groups(cfg, store, imds, deadline)
+    worst, lines = check_lines(reports)
+    print(to_json(check_json(reports, worst)) if as_json else "\n".join(lines))
+    if prometheus:
+        write_atomic(prometheus, prometheus_text(reports, worst, None, time.time()))
+    return worst

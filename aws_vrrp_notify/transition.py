@@ -300,3 +300,13 @@ def _failure_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+
+
+def repair_group(config: Config, group: Group, store: StateStore) -> int:
+    """check --repair: re-apply a group recorded MASTER, as the transition it recorded."""
+    record = store.read(group.name) or {}
+    if record.get("state") != "MASTER":
+        return EXIT_OK
+    log.info("group %s: recorded MASTER but drifted: repairing", group.name)
+    run = MasterRun(config, group, store, int(record.get("seq", 0)))
+    return _master_body(run)

@@ -272,7 +272,7 @@ class Cloud:
         import boto3
         from botocore.config import Config
 
-        cfg = Config(user_agent_extra=HARNESS_UA, retries={"max_attempts": 1, "mode": "standard"},
+        cfg = Config(user_agent_extra=HARNESS_UA, retries={"total_max_attempts": 1, "mode": "standard"},
                      connect_timeout=5, read_timeout=30)
         return boto3.session.Session().client(
             service, endpoint_url=self.url, region_name=self.region,

@@ -104,9 +104,10 @@ def _assign_private_ip_addresses(self):
             moves.append((other, held[0], ip))
     # validation done: now apply the moves (all or nothing)
     for other, entry, ip in moves:
+        followers = _eips_on(backend, other, ip)  # the EIP follows its private address
         if entry in other.private_ip_addresses:
             other.private_ip_addresses.remove(entry)
-        for eip in _eips_on(backend, other, ip):  # the EIP follows its private address
+        for eip in followers:
             other.public_ip = None
             eip.eni = eni
             eip.instance = eni.instance

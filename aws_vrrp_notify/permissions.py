@@ -1,0 +1,117 @@
+"""validate --permissions: prove, without changing anything, that every action may run.
+
+EC2 DryRun is used where the API has it (ReplaceRoute, CreateRoute, AssociateAddress and
+the describe calls): DryRunOperation means allowed, UnauthorizedOperation means denied.
+AssignPrivateIpAddresses has no DryRun: it is proved with a no-op request, re-assigning
+to the ENI an address it already holds (the virtual IP when this instance holds it, else
+the ENI's primary address, which EC2 refuses with a parameter error *after* the IAM check).
+Any answer except UnauthorizedOperation / AuthFailure proves the permission.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Tuple
+
+from . import EXIT_FAILED, EXIT_OK
+from .actions import Action, AssignPrivateIp, AssociateAddress, ChangeRoute, ResolveError, reads_for
+from .config import Config
+from .deadline import Deadline
+from .ec2 import AwsError, Ec2, fetch_snapshot, make_client
+from .imds import ImdsClient, ImdsError
+from .plan import PlanError, local_eni, region_of
+
+DENIED = frozenset({"UnauthorizedOperation", "AuthFailure", "AccessDenied", "AccessDeniedException",
+                    "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"})
+POLICY_HINT = ("see the least-privilege policies in contrib/iam/ "
+               "(installed under share/doc/aws-vrrp-notify/iam/)")
+
+
+def _probe(call: Callable[[], Any], dry_run: bool) -> Tuple[bool, str]:
+    try:
+        call()
+    except AwsError as exc:
+        if exc.code == "DryRunOperation":
+            return True, "allowed (DryRun)"
+        if exc.code in DENIED:
+            return False, f"DENIED: {exc.code}: {exc.message}"
+        if dry_run:
+            return True, f"allowed (DryRun answered {exc.code}: {exc.message})"
+        return True, f"allowed (no-op request answered {exc.code})"
+    return True, "allowed (DryRun ignored by the endpoint)" if dry_run else "allowed (no-op request)"
+
+
+def _action_probe(ec2: Ec2, action: Action, target: Dict[str, Any], eni: Dict[str, Any]) -> Tuple[bool, str]:
+    if isinstance(action, AssignPrivateIp):
+        held = [p["PrivateIpAddress"] for p in eni.get("PrivateIpAddresses", [])]
+        address = action.ip if action.ip in held else eni.get("PrivateIpAddress")
+        return _probe(lambda: ec2.call("assign_private_ip_addresses", NetworkInterfaceId=target["eni"],
+                                       PrivateIpAddresses=[address], AllowReassignment=False), dry_run=False)
+    if isinstance(action, ChangeRoute):
+        key = "DestinationIpv6CidrBlock" if action.ipv6 else "DestinationCidrBlock"
+        params = {"RouteTableId": target["route_table"], "NetworkInterfaceId": target["eni"],
+                  key: action.destination, "DryRun": True}
+        ok, text = _probe(lambda: ec2.call("replace_route", **params), dry_run=True)
+        if not ok:
+            return ok, f"ReplaceRoute {text}"
+        ok, text2 = _probe(lambda: ec2.call("create_route", **params), dry_run=True)
+        return ok, (f"ReplaceRoute {text}; CreateRoute {text2}")
+    if isinstance(action, AssociateAddress):
+        params = {"AllocationId": target["allocation_id"], "NetworkInterfaceId": target["eni"],
+                  "AllowReassociation": True, "DryRun": True}
+        return _probe(lambda: ec2.call("associate_address", **params), dry_run=True)
+    return False, f"no permission probe for {action.TYPE}"
+
+
+def check_permissions(config: Config, opts: Any) -> int:
+    from .commands import state_dir
+    from .state import StateStore
+
+    deadline = Deadline(config.aws.deadline)
+    imds = ImdsClient(deadline=deadline)
+    store = StateStore(state_dir(getattr(opts, "state_dir", None)))
+    lines: List[str] = []
+    failed = False
+    try:
+        if not imds.available():
+            print("cannot prove permissions: not running on AWS (no instance metadata service)")
+            return EXIT_FAILED
+        region = region_of(imds, store, config.aws.region)
+        ec2 = Ec2(make_client(config.aws, region, deadline), deadline)
+        entries = []
+        for group in config.groups.values():
+            for i, action in enumerate(group.actions):
+                where = f"groups.{group.name}.{action.TYPE}"
+                try:
+                    entries.append((where, action, local_eni(imds, store, action.interface, action.vrf)))
+                except PlanError as exc:
+                    lines.append(f"{where}: {action.describe()}: FAILED: {exc}")
+                    failed = True
+        actions = [a for _, a, _ in entries]
+        kinds = set(reads_for(actions, "resolve")) | set(reads_for(actions, "observe")) | {"enis"}
+        for kind, operation in (("enis", "describe_network_interfaces"), ("route_tables", "describe_route_tables"),
+                                ("addresses", "describe_addresses")):
+            if kind in kinds:
+                ok, text = _probe(lambda op=operation: ec2.call(op, DryRun=True), dry_run=True)
+                failed |= not ok
+                lines.append(f"ec2:{ec2.client.meta.method_to_api_mapping[operation]}: {text}")
+        snap = fetch_snapshot(ec2, kinds, eni_ids=[l.eni_id for _, _, l in entries],
+                              vpc_ids=[l.vpc_id for _, _, l in entries])
+        for where, action, local in entries:
+            try:
+                target = action.resolve(local, snap)
+            except ResolveError as exc:
+                lines.append(f"{where}: {action.describe()}: FAILED: {exc}")
+                failed = True
+                continue
+            ok, text = _action_probe(ec2, action, target, snap.enis.get(local.eni_id, {}))
+            failed |= not ok
+            lines.append(f"{where}: {action.describe()}: {text}")
+    except (ImdsError, AwsError, PlanError) as exc:
+        lines.append(f"FAILED: {exc}")
+        failed = True
+    print("\n".join(lines))
+    if failed:
+        print(f"some permissions are missing or could not be proved: {POLICY_HINT}")
+        return EXIT_FAILED
+    print(f"every configured action is permitted ({POLICY_HINT})")
+    return EXIT_OK

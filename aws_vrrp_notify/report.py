@@ -1,0 +1,270 @@
+"""status and check: what this instance is, its ports, and whether AWS agrees with VRRP.
+
+AWS is read with one describe call per resource kind for all groups together, so the
+number of calls does not grow with the number of groups and actions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .actions import Action, ResolveError, reads_for
+from .config import Config
+from .deadline import Deadline
+from .ec2 import AwsError, Ec2, fetch_snapshot, make_client
+from .imds import ImdsClient, ImdsError, dmi_says_ec2
+from .plan import PlanError, local_eni, region_of
+from .state import StateStore
+
+log = logging.getLogger("aws-vrrp-notify")
+
+INDENT = "    "
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+IDENTITY_KEYS = (("account-id", "accountId"), ("architecture", "architecture"),
+                 ("availability-zone", "availabilityZone"), ("image-id", "imageId"),
+                 ("instance-id", "instanceId"), ("instance-type", "instanceType"), ("region", "region"),
+                 ("private-ip", "privateIp"))
+
+
+class NotOnAws(Exception):
+    pass
+
+
+@dataclass
+class ActionReport:
+    action: Action
+    in_sync: Optional[bool]  # None: could not tell
+    reason: str = ""
+    target: Optional[Dict[str, Any]] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = self.action.to_dict()
+        out["in-sync"] = bool(self.in_sync)
+        if not self.in_sync:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass
+class GroupReport:
+    name: str
+    state: Optional[str]
+    actions: List[ActionReport] = field(default_factory=list)
+    error: Optional[str] = None
+
+    @property
+    def in_sync(self) -> bool:
+        return self.error is None and all(a.in_sync for a in self.actions)
+
+    def check(self) -> Tuple[int, str]:
+        synced = sum(1 for a in self.actions if a.in_sync)
+        count = f"{synced}/{len(self.actions)} actions point here"
+        if self.error:
+            return UNKNOWN, f"cannot tell: {self.error}"
+        if self.state is None:
+            return UNKNOWN, f"no transition recorded, {count}"
+        if self.state == "MASTER":
+            if self.in_sync:
+                return OK, f"MASTER, {count}"
+            reasons = "; ".join(a.reason for a in self.actions if not a.in_sync)
+            return CRITICAL, f"MASTER but {count}: {reasons}"
+        if synced:
+            held = "; ".join(a.action.describe() for a in self.actions if a.in_sync)
+            return WARNING, f"{self.state} but AWS still points here: {held}"
+        return OK, f"{self.state}, {count}"
+
+
+def require_aws(imds: ImdsClient) -> None:
+    if imds.available():
+        return
+    if dmi_says_ec2():
+        raise ImdsError(f"this is an EC2 instance (DMI) but the metadata service at {imds.endpoint} "
+                        "does not answer")
+    raise NotOnAws()
+
+
+def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline: Deadline,
+                   names: Optional[Sequence[str]] = None) -> List[GroupReport]:
+    groups = [config.groups[n] for n in (names or sorted(config.groups))]
+    reports = [GroupReport(g.name, (store.read(g.name) or {}).get("state")) for g in groups]
+    pending: List[Tuple[ActionReport, Any]] = []
+    for group, report in zip(groups, reports):
+        for action in group.actions:
+            entry = ActionReport(action, None)
+            report.actions.append(entry)
+            try:
+                pending.append((entry, local_eni(imds, store, action.interface, action.vrf)))
+            except PlanError as exc:
+                entry.in_sync, entry.reason = False, str(exc)
+    if not pending:
+        return reports
+    try:
+        region = region_of(imds, store, config.aws.region)
+        ec2 = Ec2(make_client(config.aws, region, deadline), deadline)
+        actions = [entry.action for entry, _ in pending]
+        kinds = set(reads_for(actions, "resolve")) | set(reads_for(actions, "observe"))
+        snap = fetch_snapshot(ec2, kinds, eni_ids=[l.eni_id for _, l in pending],
+                              vpc_ids=[l.vpc_id for _, l in pending])
+    except (AwsError, PlanError, ImdsError) as exc:
+        for report in reports:
+            report.error = str(exc)
+        return reports
+    for entry, local in pending:
+        try:
+            entry.target = entry.action.resolve(local, snap)
+        except ResolveError as exc:
+            entry.in_sync, entry.reason = False, str(exc)
+            continue
+        observation = entry.action.observe(snap, entry.target)
+        entry.in_sync, entry.reason = observation.in_sync, observation.reason
+    return reports
+
+
+# ---------------------------------------------------------------- status rendering
+
+
+def instance_lines(identity: Dict[str, Any]) -> List[str]:
+    lines = ["aws"]
+    for key, doc_key in IDENTITY_KEYS:
+        if identity.get(doc_key) is not None:
+            lines.append(f"{INDENT}{key} {identity[doc_key]}")
+    return lines
+
+
+def instance_json(identity: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: identity.get(doc_key) for key, doc_key in IDENTITY_KEYS}
+
+
+def _quote(text: str) -> str:
+    return f'"{text}"' if (" " in text or "," in text) else text
+
+
+def port_lines(ports: Sequence[Any]) -> List[str]:
+    lines = []
+    for p in ports:
+        lines.append(f"network-port {p.name}")
+        lines.append(f"{INDENT}bus-addr {p.bus_addr}")
+        lines.append(f"{INDENT}vendor {_quote(p.vendor)}")
+        lines.append(f"{INDENT}model {_quote(p.model)}")
+        lines.append(f"{INDENT}mac-address {p.mac_address}")
+        lines.append(f"{INDENT}interface {p.interface}")
+        if p.vrf != "main":
+            lines.append(f"{INDENT}vrf {p.vrf}")
+        if p.aws_interface_id:
+            lines.append(f"{INDENT}aws-interface-id {p.aws_interface_id}")
+    return lines
+
+
+def ha_lines(reports: Sequence[GroupReport]) -> List[str]:
+    lines = ["ha-notification"]
+    for report in reports:
+        lines.append(f"{INDENT}group {report.name}")
+        for entry in report.actions:
+            if entry.in_sync:
+                lines.append(f"{INDENT * 2}{entry.action.describe()}")
+    return lines
+
+
+def ha_json(reports: Sequence[GroupReport]) -> Dict[str, Any]:
+    groups = []
+    for report in reports:
+        item: Dict[str, Any] = {"name": report.name, "state": report.state,
+                                "actions": [a.to_dict() for a in report.actions]}
+        if report.error:
+            item["error"] = report.error
+        groups.append(item)
+    return {"groups": groups}
+
+
+# ---------------------------------------------------------------- check outputs
+
+
+def check_lines(reports: Sequence[GroupReport]) -> Tuple[int, List[str]]:
+    results = [(r, *r.check()) for r in reports]
+    worst = max((code for _, code, _ in results), default=OK)
+    lines = [f"{r.name} {STATUS_NAMES[code]}: {text}" for r, code, text in results]
+    counts = {name: sum(1 for _, c, _ in results if c == code) for code, name in STATUS_NAMES.items()}
+    summary = ", ".join(f"{n} {name.lower()}" for name, n in counts.items())
+    lines.append(f"aws-vrrp-notify check {STATUS_NAMES[worst]}: {len(results)} group(s): {summary}")
+    return worst, lines
+
+
+def check_json(reports: Sequence[GroupReport], worst: int) -> Dict[str, Any]:
+    groups = []
+    for report in reports:
+        code, text = report.check()
+        groups.append({"name": report.name, "state": report.state, "status": STATUS_NAMES[code],
+                       "exit-code": code, "in-sync": report.in_sync, "summary": text,
+                       "actions": [a.to_dict() for a in report.actions], "error": report.error})
+    return {"status": STATUS_NAMES[worst], "exit-code": worst, "groups": groups}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_text(reports: Sequence[GroupReport], worst: int, error: Optional[str], now: float) -> str:
+    out = [
+        "# HELP aws_vrrp_notify_check_timestamp_seconds When the drift check ran.",
+        "# TYPE aws_vrrp_notify_check_timestamp_seconds gauge",
+        f"aws_vrrp_notify_check_timestamp_seconds {now:.3f}",
+        "# HELP aws_vrrp_notify_check_error 1 when the check could not read AWS, IMDS or the configuration.",
+        "# TYPE aws_vrrp_notify_check_error gauge",
+        f"aws_vrrp_notify_check_error {1 if error or any(r.error for r in reports) else 0}",
+        "# HELP aws_vrrp_notify_check_status Worst group status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        "# TYPE aws_vrrp_notify_check_status gauge",
+        f"aws_vrrp_notify_check_status {worst}",
+        "# HELP aws_vrrp_notify_group_status Group status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        "# TYPE aws_vrrp_notify_group_status gauge",
+    ]
+    for r in reports:
+        out.append(f'aws_vrrp_notify_group_status{{group="{_label(r.name)}"}} {r.check()[0]}')
+    out += ["# HELP aws_vrrp_notify_group_in_sync 1 when every action of the group points to this instance.",
+            "# TYPE aws_vrrp_notify_group_in_sync gauge"]
+    for r in reports:
+        out.append(f'aws_vrrp_notify_group_in_sync{{group="{_label(r.name)}"}} {1 if r.in_sync else 0}')
+    out += ["# HELP aws_vrrp_notify_group_state Last recorded keepalived transition (1 for the current one).",
+            "# TYPE aws_vrrp_notify_group_state gauge"]
+    for r in reports:
+        for state in ("MASTER", "BACKUP", "FAULT", "STOP"):
+            out.append(f'aws_vrrp_notify_group_state{{group="{_label(r.name)}",state="{state}"}} '
+                       f'{1 if r.state == state else 0}')
+    out += ["# HELP aws_vrrp_notify_action_in_sync 1 when AWS points this action to this instance.",
+            "# TYPE aws_vrrp_notify_action_in_sync gauge"]
+    for r in reports:
+        for a in r.actions:
+            out.append(f'aws_vrrp_notify_action_in_sync{{group="{_label(r.name)}",type="{a.action.TYPE}",'
+                       f'action="{_label(a.action.describe())}"}} {1 if a.in_sync else 0}')
+    return "\n".join(out) + "\n"
+
+
+def write_atomic(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".aws-vrrp-notify-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def to_json(data: Dict[str, Any]) -> str:
+    return json.dumps(data, indent=2)
+
+
+__all__ = ["ActionReport", "GroupReport", "NotOnAws", "check_json", "check_lines", "ha_json", "ha_lines",
+           "instance_json", "instance_lines", "observe_groups", "port_lines", "prometheus_text",
+           "require_aws", "to_json", "write_atomic", "time"]
