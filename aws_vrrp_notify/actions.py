@@ -128,13 +128,13 @@ class AssignPrivateIp(Action):
         return "assigned"
 
     def observe(self, snap: Snapshot, target: Target) -> Observation:
-        eni = snap.enis.get(target["eni"])
-        if eni is None:
-            return Observation(False, None, f"{target['eni']} not found")
-        ips = [p.get("PrivateIpAddress") for p in eni.get("PrivateIpAddresses", [])]
-        if self.ip in ips:
-            return Observation(True, target["eni"])
-        return Observation(False, None, f"{self.ip} is not assigned to {target['eni']} ({self.interface})")
+        holder = snap.holder_of_ip(self.ip)
+        if holder == target["eni"]:
+            return Observation(True, holder)
+        if holder:
+            return Observation(False, holder, f"{self.ip} is assigned to {holder}, not to {target['eni']} "
+                                              f"({self.interface})")
+        return Observation(False, None, f"{self.ip} is not assigned to any ENI of the VPC")
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,8 @@ def error_message(exc: BaseException) -> str:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError,
-                                     HTTPClientError, ResponseParserError)
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+    from botocore.parsers import ResponseParserError
 
     if isinstance(exc, ClientError):
         code = error_code(exc)
@@ -228,6 +228,12 @@ class Snapshot:
                     main = table["RouteTableId"]
         return main
 
+    def holder_of_ip(self, ip: str) -> Optional[str]:
+        for eni_id, eni in self.enis.items():
+            if any(p.get("PrivateIpAddress") == ip for p in eni.get("PrivateIpAddresses", [])):
+                return eni_id
+        return None
+
     def address(self, allocation_id: Optional[str], public_ip: Optional[str]) -> Optional[Dict[str, Any]]:
         for addr in self.addresses:
             if allocation_id and addr.get("AllocationId") == allocation_id:
@@ -240,8 +246,7 @@ class Snapshot:
 READ_KINDS = ("enis", "route_tables", "subnets", "addresses")
 
 
-def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], eni_ids: Sequence[str] = (),
-                   vpc_ids: Sequence[str] = ()) -> Snapshot:
+def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], vpc_ids: Sequence[str] = ()) -> Snapshot:
     """Fetch the requested kinds concurrently; the number of calls never depends on the
     number of groups or actions."""
     vpcs = sorted(set(vpc_ids))
@@ -249,9 +254,11 @@ def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], eni_ids: Sequence[str] = (),
     snapshot = Snapshot()
 
     def enis() -> None:
-        if eni_ids:
-            items = ec2.paginate("describe_network_interfaces", "NetworkInterfaces",
-                                 NetworkInterfaceIds=sorted(set(eni_ids)))
+        # Every ENI of the VPCs, not only ours: observing an address must name its holder
+        # (another instance, or nobody). Paginated; the count follows the VPC, not the config.
+        if vpcs:
+            items = ec2.paginate("describe_network_interfaces", "NetworkInterfaces", Filters=vpc_filter,
+                                 MaxResults=1000)
             snapshot.enis = {e["NetworkInterfaceId"]: e for e in items}
 
     def route_tables() -> None:

@@ -94,8 +94,7 @@ def check_permissions(config: Config, opts: Any) -> int:
                 ok, text = _probe(lambda op=operation: ec2.call(op, DryRun=True), dry_run=True)
                 failed |= not ok
                 lines.append(f"ec2:{ec2.client.meta.method_to_api_mapping[operation]}: {text}")
-        snap = fetch_snapshot(ec2, kinds, eni_ids=[l.eni_id for _, _, l in entries],
-                              vpc_ids=[l.vpc_id for _, _, l in entries])
+        snap = fetch_snapshot(ec2, kinds, vpc_ids=[l.vpc_id for _, _, l in entries])
         for where, action, local in entries:
             try:
                 target = action.resolve(local, snap)

@@ -110,8 +110,7 @@ def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline
         ec2 = Ec2(make_client(config.aws, region, deadline), deadline)
         actions = [entry.action for entry, _ in pending]
         kinds = set(reads_for(actions, "resolve")) | set(reads_for(actions, "observe"))
-        snap = fetch_snapshot(ec2, kinds, eni_ids=[l.eni_id for _, l in pending],
-                              vpc_ids=[l.vpc_id for _, l in pending])
+        snap = fetch_snapshot(ec2, kinds, vpc_ids=[l.vpc_id for _, l in pending])
     except (AwsError, PlanError, ImdsError) as exc:
         for report in reports:
             report.error = str(exc)

@@ -135,7 +135,7 @@ class MasterRun:
     def observe(self) -> List[Observation]:
         assert self.plan is not None and self.ec2 is not None
         snap = fetch_snapshot(self.ec2, reads_for(self.plan.actions, "observe"),
-                              eni_ids=self.plan.eni_ids(), vpc_ids=self.plan.vpc_ids())
+                              vpc_ids=self.plan.vpc_ids())
         observations = []
         for i, (action, local) in enumerate(zip(self.plan.actions, self.plan.locals)):
             try:

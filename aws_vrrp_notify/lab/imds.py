@@ -220,6 +220,7 @@ class IMDS:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "EC2ws"
+            disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms stalls
             sys_version = ""
 
             def _send(self, code, body="", headers=()):

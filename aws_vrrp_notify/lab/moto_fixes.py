@@ -21,6 +21,12 @@ What is fixed (see TESTBED.md section 1.4 for the observed moto behaviour):
   the previous ENI.
 * ``DescribeAddresses`` ``PrivateIpAddress`` and its ``private-ip-address``
   filter reflect the associated private address rather than the ENI's primary.
+* ``DescribeNetworkInterfaces`` filters ``private-ip-address`` and
+  ``addresses.private-ip-address`` match secondary addresses too (moto matched
+  the primary only); ``attachment.device-index``, ``association.public-ip`` and
+  ``association.allocation-id`` work (moto answered HTTP 500).  Limitation: with
+  several values in one address filter, moto's matcher needs them all to be on
+  the ENI (EC2 matches any); use one value per call.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import ipaddress
 
 from moto.ec2.exceptions import DryRunClientError, EC2ClientError
 from moto.ec2.models.elastic_ip_addresses import ElasticAddress
+from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
 from moto.ec2.responses.route_tables import RouteTables
@@ -193,6 +200,21 @@ def _disassociate_address(self):
     return result
 
 
+# --- DescribeNetworkInterfaces filters ------------------------------------------
+
+def _eni_get_filter_value(self, filter_name, method_name=None):
+    if filter_name in ("addresses.private-ip-address", "private-ip-address"):
+        return [p.get("PrivateIpAddress") for p in self.private_ip_addresses]
+    if filter_name == "attachment.device-index":
+        return str(self.device_index) if self.instance is not None and self.device_index is not None else None
+    if filter_name == "association.public-ip":
+        return self.public_ip
+    if filter_name == "association.allocation-id":
+        eips = [e for e in self.ec2_backend.addresses if e.eni is self]
+        return eips[0].allocation_id if eips else None
+    return _ORIG["eni_filter"](self, filter_name, method_name)
+
+
 # --- entry points ----------------------------------------------------------------
 
 def is_applied() -> bool:
@@ -220,4 +242,6 @@ def apply() -> None:
     ElasticAddress.private_ip_address = property(_eip_private_ip)
     _ORIG["eip_filter"] = ElasticAddress.get_filter_value
     ElasticAddress.get_filter_value = _eip_get_filter_value
+    _ORIG["eni_filter"] = NetworkInterface.get_filter_value
+    NetworkInterface.get_filter_value = _eni_get_filter_value
     _APPLIED = True

@@ -1,0 +1,294 @@
+"""A small threaded HTTP proxy with injectable faults, put in front of moto or an IMDS.
+
+::
+
+    proxy = FaultProxy(cloud.url, ns=router.ns).start()     # listens on 127.0.0.1:<port> inside ns
+    proxy.add_fault("throttle", first=2, actions={"AssignPrivateIpAddresses"})
+    proxy.add_fault("reset", fraction=0.3, seed=7)
+    run_tool(router, "master", "VI_1", config=..., env={"AWS_ENDPOINT_URL_EC2": proxy.url})
+    proxy.counts            # Counter of Actions (or "PUT /latest/api/token", "GET /latest/...") seen
+    proxy.injected          # Counter of (kind, action) faults injected
+    proxy.close()
+
+The client points its endpoint at the proxy (``proxy.url``); the proxy forwards
+to ``upstream`` (an ``http://127.0.0.1:<port>`` URL of this process's moto or
+IMDS) from this process.  Fault kinds:
+
+* ``throttle``: HTTP 503 with EC2's ``RequestLimitExceeded`` XML error body
+* ``error500``: HTTP 500 with EC2's ``InternalError`` XML error body
+* ``unavailable``: HTTP 503 with ``Unavailable`` (EC2's other 5xx code)
+* ``status``: HTTP ``status`` with an empty body (e.g. 401/404 for an IMDS)
+* ``reset``: the connection is reset (RST) without any response
+* ``delay``: wait ``delay`` seconds, then forward normally
+* ``drop``: the request is forwarded to the upstream, then the connection is
+  reset instead of returning the answer (the write happened, the client does
+  not know)
+
+A rule applies to requests that match it (``actions``: EC2 Action names;
+``paths``: path prefixes; ``methods``); it fires for the first ``first``
+matching requests, or for each matching request with probability ``fraction``
+(``random.Random(seed)``), or for every matching request when neither is given.
+Rules are tried in the order they were added; the first that fires wins.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import random
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+__all__ = ["FaultProxy", "Rule", "ec2_error_body", "KINDS"]
+
+KINDS = ("throttle", "error500", "unavailable", "status", "reset", "delay", "drop")
+
+_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+        "transfer-encoding", "upgrade", "content-length"}
+
+
+def ec2_error_body(code: str, message: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>").encode()
+
+
+_CANNED = {
+    "throttle": (503, "RequestLimitExceeded", "Request limit exceeded."),
+    "error500": (500, "InternalError", "An internal error has occurred"),
+    "unavailable": (503, "Unavailable", "The server is overloaded and can't handle the request."),
+}
+
+
+@dataclass
+class Rule:
+    kind: str
+    first: int | None = None
+    fraction: float | None = None
+    actions: frozenset | None = None
+    paths: tuple = ()
+    methods: frozenset | None = None
+    delay: float = 0.0
+    status: int = 503
+    seed: int = 0
+    matched: int = 0
+    fired: int = 0
+    rng: random.Random = field(default=None, repr=False)
+
+    def matches(self, method: str, path: str, action: str | None) -> bool:
+        if self.actions is not None and action not in self.actions:
+            return False
+        if self.paths and not any(path.startswith(p) for p in self.paths):
+            return False
+        if self.methods is not None and method not in self.methods:
+            return False
+        return True
+
+    def fires(self) -> bool:
+        """Called with the proxy lock held, for a matching request."""
+        self.matched += 1
+        if self.first is not None:
+            ok = self.matched <= self.first
+        elif self.fraction is not None:
+            ok = self.rng.random() < self.fraction
+        else:
+            ok = True
+        if ok:
+            self.fired += 1
+        return ok
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, *a, **kw):
+        self.reset_requests: set = set()
+        super().__init__(*a, **kw)
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+    def shutdown_request(self, request):
+        if id(request) in self.reset_requests:
+            self.reset_requests.discard(id(request))
+            request.close()
+            return
+        super().shutdown_request(request)
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, *, ns: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 upstream_timeout: float = 60.0, label: str | None = None):
+        u = urllib.parse.urlsplit(upstream)
+        if u.scheme != "http" or u.hostname not in ("127.0.0.1", "localhost"):
+            raise ValueError("upstream must be an http://127.0.0.1:<port> URL of this process")
+        self.upstream = (u.hostname, u.port or 80)
+        self.ns, self.host, self.port = ns, host, port
+        self.upstream_timeout = upstream_timeout
+        self.label = label  # sent upstream as X-Avn-Listener (Cloud.count_actions(listener=...))
+        self.rules: list[Rule] = []
+        self.seen: list[tuple[str, str, str | None]] = []   # (method, path, action)
+        self.counts: collections.Counter = collections.Counter()
+        self.injected: collections.Counter = collections.Counter()
+        self.lock = threading.Lock()
+        self._srv = None
+        self._thread = None
+        self.url: str | None = None
+
+    # -------------------------------------------------------------- configuration
+    def add_fault(self, kind: str, *, first: int | None = None, fraction: float | None = None,
+                  actions=None, paths=(), methods=None, delay: float = 0.0, status: int = 503,
+                  seed: int = 0) -> Rule:
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {KINDS}")
+        if first is not None and fraction is not None:
+            raise ValueError("give first= or fraction=, not both")
+        if isinstance(actions, str):
+            actions = {actions}
+        if isinstance(paths, str):
+            paths = (paths,)
+        if isinstance(methods, str):
+            methods = {methods}
+        rule = Rule(kind, first, fraction, frozenset(actions) if actions is not None else None, tuple(paths),
+                    frozenset(m.upper() for m in methods) if methods is not None else None,
+                    delay, status, seed, rng=random.Random(seed))
+        with self.lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.rules.clear()
+
+    def reset_counts(self) -> None:
+        with self.lock:
+            self.seen.clear()
+            self.counts.clear()
+            self.injected.clear()
+
+    @property
+    def requests(self) -> int:
+        with self.lock:
+            return len(self.seen)
+
+    # -------------------------------------------------------------- serving
+    def start(self) -> "FaultProxy":
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms stalls
+
+            def log_message(self, *a):
+                pass
+
+            def _reset(self):
+                # SO_LINGER 0 + close = RST; the server skips its usual shutdown(SHUT_WR) (a FIN)
+                try:
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+                self.close_connection = True
+                self.server.reset_requests.add(id(self.connection))
+
+            def _reply(self, status: int, body: bytes, headers=(), ctype="text/xml;charset=UTF-8"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.end_headers()
+                if self.command != "HEAD":
+                    try:
+                        self.wfile.write(body)
+                    except OSError:  # the client gave up (timeout): nothing to do
+                        self.close_connection = True
+
+            def _handle(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                action = None
+                if body and "x-www-form-urlencoded" in (self.headers.get("Content-Type") or ""):
+                    action = urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("Action", [None])[0]
+                path = self.path
+                key = action or f"{self.command} {path.split('?', 1)[0]}"
+                fault = None
+                with proxy.lock:
+                    proxy.seen.append((self.command, path, action))
+                    proxy.counts[key] += 1
+                    for rule in proxy.rules:
+                        if rule.matches(self.command, path, action) and rule.fires():
+                            fault = rule
+                            proxy.injected[(rule.kind, key)] += 1
+                            break
+                if fault is not None:
+                    if fault.kind == "reset":
+                        return self._reset()
+                    if fault.kind in _CANNED:
+                        status, code, msg = _CANNED[fault.kind]
+                        return self._reply(status, ec2_error_body(code, msg))
+                    if fault.kind == "status":
+                        return self._reply(fault.status, b"", ctype="text/plain")
+                    if fault.kind == "delay":
+                        time.sleep(fault.delay)
+                try:
+                    conn = http.client.HTTPConnection(*proxy.upstream, timeout=proxy.upstream_timeout)
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                    if proxy.label:
+                        headers["X-Avn-Listener"] = proxy.label
+                    conn.request(self.command, path, body=body if body or n else None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    rheaders = [(k, v) for k, v in resp.getheaders()
+                                if k.lower() not in _HOP and k.lower() not in ("content-type", "date", "server")]
+                    ctype = resp.getheader("Content-Type", "text/plain")
+                    status = resp.status
+                    conn.close()
+                except OSError:
+                    return self._reset()
+                if fault is not None and fault.kind == "drop":
+                    return self._reset()
+                self._reply(status, data, rheaders, ctype=ctype)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
+
+        if self.ns is not None:
+            from aws_vrrp_notify.lab.netns import listen
+
+            sock = listen(self.ns, self.host, self.port)
+            srv = _Server(sock.getsockname()[:2], Handler, bind_and_activate=False)
+            srv.socket.close()
+            srv.socket = sock
+            srv.server_address = sock.getsockname()[:2]
+        else:
+            if self.host != "127.0.0.1":
+                raise ValueError("in the root namespace the proxy listens on 127.0.0.1 only")
+            srv = _Server((self.host, self.port), Handler)
+        self._srv = srv
+        self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="faultproxy", daemon=True)
+        self._thread.start()
+        h, p = srv.server_address[:2]
+        self.url = f"http://{h}:{p}"
+        return self
+
+    def close(self) -> None:
+        if self._srv is not None:
+            self._srv.shutdown()
+            self._srv.server_close()
+            self._thread.join(timeout=2)
+            self._srv = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,278 @@
+"""Core failover, end to end: the real tool in router namespaces against moto + fake IMDS.
+
+Every test asserts the resulting AWS state (or that nothing was called), not just exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import pytest
+
+VIP = "10.0.1.100"
+
+
+def cfg(*actions: str, group: str = "VI_1", deadline: float = 20) -> str:
+    return f"[aws]\ndeadline = {deadline}\n[groups.{group}]\n" + "\n".join(actions)
+
+
+def assign(ip=VIP, interface="eth0", vrf=None):
+    text = f'[[groups.VI_1.assign-private-ip]]\nip = "{ip}"\ninterface = "{interface}"\n'
+    return text + (f'vrf = "{vrf}"\n' if vrf else "")
+
+
+def route(destination="0.0.0.0/0", interface="eth1", subnet=None, route_table=None, vrf=None):
+    where = f'subnet = "{subnet}"' if subnet else f'route-table = "{route_table}"'
+    text = f'[[groups.VI_1.change-route]]\n{where}\ndestination = "{destination}"\ninterface = "{interface}"\n'
+    return text + (f'vrf = "{vrf}"\n' if vrf else "")
+
+
+def eip(allocation_id=None, public_ip=None, interface="eth0", private_ip=None):
+    key = f'allocation-id = "{allocation_id}"' if allocation_id else f'public-ip = "{public_ip}"'
+    text = f'[[groups.VI_1.associate-address]]\n{key}\ninterface = "{interface}"\n'
+    return text + (f'private-ip = "{private_ip}"\n' if private_ip else "")
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def record(run_tool, router, group="VI_1"):
+    path = run_tool.state_dir(router) / "groups" / f"{group}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def test_assign_private_ip_moves_back_and_forth(routers, run_tool):
+    aws, r1, r2 = routers.cloud, routers.r1, routers.r2
+    config = cfg(assign())
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    assert aws.who_holds(VIP) == [r1.eni("eth0")]
+    ok(run_tool(r2, "master", "VI_1", config=config))
+    assert aws.who_holds(VIP) == [r2.eni("eth0")]
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    assert aws.who_holds(VIP) == [r1.eni("eth0")]
+    assert record(run_tool, r1)["outcome"] == "ok" and record(run_tool, r1)["state"] == "MASTER"
+
+
+def test_change_route_by_subnet_cidr_uses_explicit_association(routers, run_tool):
+    aws, topo, r1, r2 = routers.cloud, routers.topology, routers.r1, routers.r2
+    config = cfg(route(subnet=topo.subnet_cidrs["wan"]))
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    assert aws.route_target(topo.route_tables["wan"], "0.0.0.0/0") == r1.eni("eth1")
+    assert aws.route_target(topo.route_tables["main"], "0.0.0.0/0") != r1.eni("eth1")
+    ok(run_tool(r2, "master", "VI_1", config=config))
+    assert aws.route_target(topo.route_tables["wan"], "0.0.0.0/0") == r2.eni("eth1")
+
+
+def test_change_route_implicit_subnet_falls_back_to_main_table(routers, run_tool):
+    aws, topo, r1 = routers.cloud, routers.topology, routers.r1
+    ok(run_tool(r1, "master", "VI_1", config=cfg(route(subnet=topo.subnets["implicit"], destination="10.9.0.0/16"))))
+    assert aws.route_target(topo.route_tables["main"], "10.9.0.0/16") == r1.eni("eth1")
+
+
+def test_change_route_by_table_id_creates_missing_route_and_ipv6(routers, run_tool):
+    aws, topo, r2 = routers.cloud, routers.topology, routers.r2
+    rtb = topo.route_tables["lan"]
+    assert aws.route(rtb, "192.168.0.0/16") is None and aws.route(rtb, "::/0") is None
+    config = cfg(route(route_table=rtb, destination="192.168.0.0/16", interface="eth0"),
+                 route(route_table=rtb, destination="::/0", interface="eth0"))
+    proc = ok(run_tool(r2, "-v", "master", "VI_1", config=config))
+    assert aws.route_target(rtb, "192.168.0.0/16") == r2.eni("eth0")
+    assert aws.route_target(rtb, "::/0") == r2.eni("eth0")
+    assert "created route" in proc.stderr
+    assert aws.count_actions()["CreateRoute"] == 2
+
+
+def test_associate_address_by_allocation_and_public_ip(routers, run_tool):
+    aws, topo, r1, r2 = routers.cloud, routers.topology, routers.r1, routers.r2
+    ok(run_tool(r1, "master", "VI_1", config=cfg(assign(), eip(allocation_id=topo.eip_alloc, private_ip=VIP))))
+    assert aws.eip_association(topo.eip_alloc) == (r1.eni("eth0"), VIP)
+    ok(run_tool(r2, "master", "VI_1", config=cfg(eip(public_ip=topo.eip_public_ip))))
+    eni, _ = aws.eip_association(topo.eip_alloc)
+    assert eni == r2.eni("eth0")
+
+
+def test_vrf_modelled_as_network_namespace(routers, run_tool):
+    aws, r1 = routers.cloud, routers.r1
+    ok(run_tool(r1, "master", "VI_1", config=cfg(assign(interface="ens9", vrf=r1.vrf))))
+    assert aws.who_holds(VIP) == [r1.eni("ens9")]
+
+
+def test_master_is_idempotent(routers, run_tool):
+    aws, topo, r1 = routers.cloud, routers.topology, routers.r1
+    config = cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]), eip(allocation_id=topo.eip_alloc))
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    first = (aws.who_holds(VIP), aws.route_target(topo.route_tables["wan"], "0.0.0.0/0"), aws.eip_association())
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    assert (aws.who_holds(VIP), aws.route_target(topo.route_tables["wan"], "0.0.0.0/0"),
+            aws.eip_association()) == first
+    assert first[0] == [r1.eni("eth0")] and first[1] == r1.eni("eth1")
+
+
+def test_warm_master_makes_only_the_mutating_calls(routers, run_tool):
+    aws, topo, r1 = routers.cloud, routers.topology, routers.r1
+    config = cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]))
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    aws.reset_counts()
+    r1.imds.reset()
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    calls = aws.count_actions()
+    writes = {k: v for k, v in calls.items() if not k.startswith("Describe")}
+    assert writes == {"AssignPrivateIpAddresses": 1, "ReplaceRoute": 1}
+    assert r1.imds.count(prefix="/latest/meta-data/network/interfaces/macs/") <= 2  # local-ipv4s confirmation
+
+
+def test_stale_cached_route_table_is_resolved_again(routers, run_tool):
+    aws, topo, r1 = routers.cloud, routers.topology, routers.r1
+    config = cfg(route(subnet=topo.subnets["wan"], destination="10.8.0.0/16"))
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    ec2 = aws.ec2
+    new = ec2.create_route_table(VpcId=topo.vpc)["RouteTable"]["RouteTableId"]
+    assoc = next(a for a in ec2.describe_route_tables(RouteTableIds=[topo.route_tables["wan"]])["RouteTables"][0]
+                 ["Associations"] if a.get("SubnetId") == topo.subnets["wan"])
+    ec2.replace_route_table_association(AssociationId=assoc["RouteTableAssociationId"], RouteTableId=new)
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    assert aws.route_target(new, "10.8.0.0/16") == r1.eni("eth1")
+
+
+def test_notify_mapping(routers, run_tool):
+    aws, r1 = routers.cloud, routers.r1
+    config = cfg(assign())
+    ok(run_tool(r1, "notify", "INSTANCE", "VI_1", "MASTER", "150", config=config))
+    assert aws.who_holds(VIP) == [r1.eni("eth0")]
+    ok(run_tool(r1, "notify", "INSTANCE", "VI_1", "BACKUP", "150", config=config))
+    assert record(run_tool, r1)["state"] == "BACKUP"
+    assert aws.who_holds(VIP) == [r1.eni("eth0")]  # BACKUP makes no AWS write
+    aws.reset_counts()
+    proc = ok(run_tool(r1, "-v", "notify", "GROUP", "G_OTHER", "MASTER", "0", config=config))
+    assert "ignored" in proc.stderr and aws.count_actions() == {}
+    for state in ("FAULT", "STOP"):
+        ok(run_tool(r1, "notify", "GROUP", "VI_1", state, "0", config=config))
+        assert record(run_tool, r1)["state"] == state
+    assert aws.count_actions() == {}
+
+
+def test_bad_notify_arguments_are_usage_errors(routers, run_tool):
+    for args in (["notify", "INSTANCE", "VI_1", "PRIMARY", "100"], ["notify", "HOST", "VI_1", "MASTER"],
+                 ["master"], ["notify", "INSTANCE", "VI_1"]):
+        proc = run_tool(routers.r1, *args, config=cfg(assign()))
+        assert proc.returncode == 2, args
+        assert "Usage:" in proc.stderr
+    assert routers.cloud.count_actions() == {}
+
+
+def test_unknown_group_is_a_usage_error(routers, run_tool):
+    proc = run_tool(routers.r1, "master", "VI_9", config=cfg(assign()))
+    assert proc.returncode == 2
+    assert "no group 'VI_9'" in proc.stderr
+    assert routers.cloud.count_actions() == {}
+
+
+def test_not_on_aws_does_nothing(routers, run_tool, tmp_path):
+    proc = run_tool(routers.r1, "-v", "master", "VI_1", config=cfg(assign()),
+                    env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9/",
+                         "AWS_VRRP_NOTIFY_SYSFS": str(tmp_path)})
+    ok(proc)
+    assert "not running on AWS" in proc.stderr
+    assert routers.cloud.count_actions() == {}
+    assert record(run_tool, routers.r1)["outcome"] == "not-on-aws"
+
+
+def test_ec2_per_dmi_without_imds_is_an_error(routers, run_tool, tmp_path):
+    dmi = tmp_path / "class" / "dmi" / "id"
+    dmi.mkdir(parents=True)
+    (dmi / "sys_vendor").write_text("Amazon EC2\n")
+    proc = run_tool(routers.r1, "master", "VI_1", config=cfg(assign()),
+                    env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9/",
+                         "AWS_VRRP_NOTIFY_SYSFS": str(tmp_path)})
+    assert proc.returncode == 1
+    assert "this is an EC2 instance (DMI) but the metadata service" in proc.stderr
+    assert routers.cloud.count_actions() == {}
+
+
+def test_unknown_interface_is_a_runtime_error(routers, run_tool):
+    proc = run_tool(routers.r1, "master", "VI_1", config=cfg(assign(interface="ens42")))
+    assert proc.returncode == 1
+    assert "interface ens42 does not exist (vrf main)" in proc.stderr
+    assert not [a for a in routers.cloud.count_actions() if not a.startswith("Describe")]
+    assert routers.cloud.who_holds(VIP) == []
+
+
+def test_missing_vrf_is_a_runtime_error_and_not_created(routers, run_tool):
+    name = f"{routers.prefix}-nosuchvrf"
+    proc = run_tool(routers.r1, "master", "VI_1", config=cfg(assign(interface="ens9", vrf=name)))
+    assert proc.returncode == 1
+    assert f"VRF {name} does not exist" in proc.stderr
+    assert not os.path.exists(f"/run/netns/{name}")
+
+
+def test_mac_unknown_to_imds(routers, run_tool):
+    r1 = routers.r1
+    from aws_vrrp_notify.lab.netns import ip
+
+    ip("link", "set", "eth1", "address", "02:00:00:de:ad:01", ns=r1.ns)
+    proc = run_tool(r1, "master", "VI_1", config=cfg(route(subnet=routers.topology.subnet_cidrs["wan"])))
+    assert proc.returncode == 1
+    assert "does not know MAC 02:00:00:de:ad:01 of interface eth1" in proc.stderr
+    assert routers.cloud.route_target(routers.topology.route_tables["wan"], "0.0.0.0/0") != r1.eni("eth1")
+
+
+def test_imds_token_refresh_after_401(routers, run_tool):
+    r1 = routers.r1
+    # the first GET of the identity document answers 401 as an expired token would
+    r1.imds.overrides["dynamic/instance-identity/document"] = 401
+    import threading
+
+    def lift():
+        while not any(p.endswith("instance-identity/document") for _, p in list(r1.imds.log)):
+            time.sleep(0.005)
+        r1.imds.overrides.pop("dynamic/instance-identity/document", None)
+
+    t = threading.Thread(target=lift, daemon=True)
+    t.start()
+    ok(run_tool(r1, "master", "VI_1", config=cfg(assign())))
+    t.join(5)
+    assert routers.cloud.who_holds(VIP) == [r1.eni("eth0")]
+    assert r1.imds.count("PUT") >= 2  # a fresh token after the 401
+
+
+def test_bad_config_makes_no_aws_or_imds_call(routers, run_tool):
+    from pathlib import Path
+
+    corpus = sorted((Path(__file__).parent / "bad_configs").glob("*.toml"))
+    assert corpus
+    for path in corpus:
+        cfgfile = run_tool.tmp / f"bad-{path.name}"
+        cfgfile.write_bytes(path.read_bytes())
+        os.chmod(cfgfile, 0o600)
+        proc = run_tool(routers.r1, "-c", str(cfgfile), "master", "A")
+        assert proc.returncode == 2, (path.name, proc.stderr)
+        expected = (path.with_suffix(".expected")).read_text().splitlines()
+        assert [l.strip() for l in proc.stderr.splitlines()[-len(expected):]] == expected, path.name
+    assert routers.cloud.count_actions() == {}
+    assert routers.r1.imds.count() == 0
+
+
+def test_concurrent_master_and_backup_follow_the_last_event(routers, run_tool):
+    aws, r1 = routers.cloud, routers.r1
+    config = cfg(assign())
+    rng = random.Random(7)
+    for round_ in range(6):
+        events = [rng.choice(["master", "backup"]) for _ in range(5)]
+        procs = []
+        for event in events:
+            procs.append(run_tool.popen(r1, event, "VI_1", config=config))
+            time.sleep(rng.uniform(0, 0.03))
+        for p in procs:
+            assert p.wait(timeout=60) == 0, p.stderr.read()
+        last = record(run_tool, r1)
+        assert last["seq"] == 5 * (round_ + 1)
+        # the record reflects the event recorded last, and a superseded master never reports success
+        assert last["state"] in ("MASTER", "BACKUP")
+        if last["state"] == "MASTER":
+            assert last["outcome"] == "ok", last
+            assert aws.who_holds(VIP) == [r1.eni("eth0")]
