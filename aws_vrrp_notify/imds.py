@@ -24,7 +24,8 @@ IPV6_ENDPOINT = "http://[fd00:ec2::254]/"
 TOKEN_TTL = 60  # seconds: short-lived, kept in memory only, never logged
 CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 2.0
-ATTEMPTS = 3
+ATTEMPTS = 5          # for GETs, within the transition's deadline
+PROBE_ATTEMPTS = 3    # for the first token, which also tells whether this is AWS at all
 
 
 class ImdsError(Exception):
@@ -102,9 +103,12 @@ class ImdsClient:
         finally:
             conn.close()
 
-    def _with_retries(self, method: str, path: str, headers: Dict[str, str]) -> _Response:
+    def _with_retries(self, method: str, path: str, headers: Dict[str, str],
+                      attempts: Optional[int] = None) -> _Response:
         last = "no attempt made"
-        for attempt in range(self.attempts):
+        answered = False
+        attempts = attempts or self.attempts
+        for attempt in range(attempts):
             if attempt:
                 self.deadline.sleep(0.05 * 2 ** attempt)
             try:
@@ -116,11 +120,12 @@ class ImdsClient:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 continue
             if resp.status >= 500:
-                last = f"HTTP {resp.status}"
+                last, answered = f"HTTP {resp.status}", True
                 continue
             return resp
-        raise ImdsUnavailable(f"metadata service at {self.endpoint} did not answer "
-                              f"{method} /{path} ({last}, {self.attempts} attempts max)")
+        cls = ImdsError if answered else ImdsUnavailable  # a service that answers 5xx is there, but broken
+        raise cls(f"metadata service at {self.endpoint} did not answer {method} /{path} "
+                  f"({last}, {attempts} attempts max)")
 
     # -- token
 
@@ -131,9 +136,10 @@ class ImdsClient:
             if self.disabled:
                 raise ImdsUnavailable("metadata service disabled by AWS_EC2_METADATA_DISABLED")
             resp = self._with_retries("PUT", "latest/api/token",
-                                      {"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL)})
+                                      {"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL)},
+                                      attempts=PROBE_ATTEMPTS if self._token is None else None)
             if resp.status != 200 or not resp.body:
-                raise ImdsUnavailable(f"metadata service at {self.endpoint} refused an IMDSv2 token "
+                raise ImdsError(f"metadata service at {self.endpoint} refused an IMDSv2 token "
                                       f"(HTTP {resp.status})")
             self._token = resp.body.decode("ascii", "replace").strip()
             self._token_expiry = time.monotonic() + TOKEN_TTL - 5
@@ -142,10 +148,11 @@ class ImdsClient:
     # -- API
 
     def available(self) -> bool:
+        """False when nothing answers; raises ImdsError when something answers but badly."""
         try:
             self._get_token()
             return True
-        except ImdsError:
+        except ImdsUnavailable:
             return False
 
     def get(self, path: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -223,7 +223,12 @@ def run_master(config: Config, group: Group, store: StateStore) -> int:
 
 def _master_body(run: MasterRun) -> int:
     name, store, seq = run.group.name, run.store, run.seq
-    presence = on_aws(run.imds)
+    try:
+        presence = on_aws(run.imds)
+    except ImdsError as exc:
+        log.error("group %s: MASTER failed: %s", name, exc)
+        store.finish(name, seq, "failed", str(exc))
+        return EXIT_FAILED
     if presence is False:
         log.info("group %s: not running on AWS (no instance metadata service), nothing to do", name)
         store.finish(name, seq, "not-on-aws")
@@ -256,6 +261,9 @@ def _master_body(run: MasterRun) -> int:
         except Superseded:
             superseded = True
             outcomes.append(Outcome(action, False, "not applied: superseded", time.monotonic() - started))
+        except FuturesTimeout:
+            outcomes.append(Outcome(action, False, f"not finished at the {run.deadline.seconds:g}s deadline",
+                                    time.monotonic() - started))
         except Exception as exc:  # every failure is reported, none stops the others
             outcomes.append(Outcome(action, False, _failure_text(exc), time.monotonic() - started))
     for o in outcomes:

@@ -12,7 +12,13 @@ Fixtures
 ``run_tool``     (function) ``run_tool(router, *args, config=None, env=None, timeout=60)`` runs
                  ``ip netns exec <router.ns> aws-vrrp-notify [-c cfg] --state-dir <dir> *args`` with
                  a clean environment; returns ``subprocess.CompletedProcess`` (text).
-                 ``run_tool.popen(...)`` (same arguments) starts it without waiting.
+                 ``config``: TOML text (written to a new 0600 file), a ``Path`` (used as is), or
+                 None (no ``-c``).  ``env``: extra variables; a None value removes a default one.
+                 ``state_dir``: True (per test and router, created 0700), a path, or False (none).
+                 ``tool=[argv...]`` replaces the tool (stand-ins); ``check=True`` asserts rc 0.
+                 ``run_tool.popen(...)`` (same arguments) starts it without waiting; left-over
+                 processes are SIGKILLed (by PID) at teardown.  ``run_tool.state_dir(router)``,
+                 ``run_tool.write_config(router, text)``, ``run_tool.argv(...)``, ``run_tool.env(...)``.
 ``fault_proxy``  (function) ``fault_proxy(router, "ec2" | "imds")`` -> started
                  :class:`faultproxy.FaultProxy` inside the router's namespace; pass
                  ``env=proxy.env`` to ``run_tool``.
@@ -171,7 +177,9 @@ class ToolRunner:
         if ns and router is not None:
             cmd += ["ip", "netns", "exec", router.ns]
         cmd += base
-        if config is not None:
+        if isinstance(config, Path):  # an existing file, used as is
+            cmd += ["-c", str(config)]
+        elif config is not None:
             cmd += ["-c", str(self.write_config(router, config))]
         if state_dir is True:
             cmd += ["--state-dir", str(self.state_dir(router))]
