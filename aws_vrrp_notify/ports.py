@@ -71,7 +71,8 @@ class PciIds:
     def __init__(self, path: Optional[str] = None):
         self.vendors: Dict[str, str] = {}
         self.devices: Dict[Tuple[str, str], str] = {}
-        candidates = [path] if path else [os.environ.get("AWS_VRRP_NOTIFY_PCI_IDS", "")] + list(PCI_IDS_PATHS)
+        override = path or os.environ.get("AWS_VRRP_NOTIFY_PCI_IDS")
+        candidates = [override] if override else list(PCI_IDS_PATHS)
         for candidate in candidates:
             if candidate and os.path.exists(candidate):
                 self._load(candidate)
