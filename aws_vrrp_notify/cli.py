@@ -88,6 +88,18 @@ def notify(ctx: click.Context, type_: str, name: str, state: str, priority: Opti
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.pass_context
+def fifo(ctx: click.Context, path: Optional[str]) -> None:
+    """Long-running reader of keepalived's notify FIFO (notify_fifo_script): applies events in
+    order, coalescing each group's burst to its last state. Without PATH, reads standard input."""
+    from .commands import fifo as run
+
+    opts: Options = ctx.obj
+    ctx.exit(run(opts.config, opts.state_dir, opts.verbose, path))
+
+
+@cli.command(context_settings=CONTEXT)
 @click.option("--permissions", is_flag=True,
               help="Also resolve every interface and VRF and prove the IAM permissions of every action.")
 @click.pass_context

@@ -33,6 +33,41 @@ def report_config_error(exc: ConfigError) -> int:
     return EXIT_USAGE
 
 
+def _prepared(store: StateStore, group: str) -> bool:
+    """A plan and a trimmed model are already cached (cheap check: no botocore import)."""
+    plan = os.path.join(store.cache_dir, f"plan-{group}.json")
+    try:
+        has_plan = os.path.getsize(plan) > 2
+        has_model = any(n.startswith("botocore-") for n in os.listdir(store.cache_dir))
+    except OSError:
+        return False
+    return has_plan and has_model
+
+
+def _prepare_in_background(cfg: Config, group, store: StateStore) -> None:
+    """Resolve, in a detached child, what the next MASTER of ``group`` needs (reads only).
+
+    keepalived does not wait for it and the transition's exit does not depend on it."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return
+    if pid:
+        return
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        from .transition import prepare_group
+
+        prepare_group(cfg, group, store)
+    except BaseException:  # nobody to report to; the next MASTER resolves for itself
+        pass
+    finally:
+        os._exit(0)
+
+
 def transition(config: Optional[str], state: Optional[str], verbosity: int, new_state: str,
                group_name: str, via_notify: bool) -> int:
     """One keepalived event: record it; on MASTER apply the group's actions."""
@@ -57,6 +92,8 @@ def transition(config: Optional[str], state: Optional[str], verbosity: int, new_
         if new_state != "MASTER":
             store.record(group.name, new_state)
             log.info("group %s: %s recorded (no AWS write)", group.name, new_state)
+            if cfg.aws.prepare and not _prepared(store, group.name):
+                _prepare_in_background(cfg, group, store)
             return EXIT_OK
         from .transition import run_master
 
@@ -185,3 +222,22 @@ def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: 
     if prometheus:
         write_atomic(prometheus, prometheus_text(reports, worst, None, time.time()))
     return worst
+
+
+def fifo(config: Optional[str], state: Optional[str], verbosity: int, path: Optional[str]) -> int:
+    """Long-running reader of keepalived's notify FIFO."""
+    from .fifo import run_fifo
+    from .logsetup import setup
+
+    setup(verbosity)
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        return report_config_error(exc)
+    try:
+        store = StateStore(state_dir(state)).ensure()
+    except StateError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    log.info("reading keepalived events from %s", path or "standard input")
+    return run_fifo(config_path(config), cfg, store, path)

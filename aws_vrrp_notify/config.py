@@ -158,6 +158,12 @@ def deadline_seconds(value: Any) -> float:
     return float(value)
 
 
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {type(value).__name__} {_describe(value)}")
+    return value
+
+
 def profile_name(value: Any) -> str:
     text = _string(value)
     if any(c.isspace() for c in text):
@@ -216,6 +222,7 @@ class AwsSettings:
     profile: Optional[str] = None
     role_arn: Optional[str] = None
     deadline: float = DEFAULT_DEADLINE
+    prepare: bool = True  # backup/fault/stop resolve in the background what the next master needs
 
 
 AWS_FIELDS = (
@@ -224,6 +231,7 @@ AWS_FIELDS = (
     Field("profile", profile_name),
     Field("role-arn", role_arn),
     Field("deadline", deadline_seconds, DEFAULT_DEADLINE),
+    Field("prepare", boolean, True),
 )
 
 

@@ -173,10 +173,27 @@ def _assume_role(session, settings: AwsSettings, region: str) -> None:
     session.get_component("credential_provider").insert_before("env", AssumeRoleProvider())
 
 
-def make_client(settings: AwsSettings, region: str, deadline: Deadline) -> Any:
+def make_client(settings: AwsSettings, region: str, deadline: Deadline, state_root: Optional[str] = None) -> Any:
+    """An EC2 client; with ``state_root``, from the trimmed model cached there when there is one."""
+    from botocore.exceptions import DataNotFoundError, UnknownServiceError
+
+    from . import botomodel
+
+    trimmed = botomodel.loader(state_root)
+    if trimmed is not None:
+        try:
+            return _make_client(settings, region, deadline, trimmed)
+        except (DataNotFoundError, UnknownServiceError, KeyError, ValueError) as exc:
+            log.debug("trimmed botocore model unusable (%s); using botocore's own", exc)
+    return _make_client(settings, region, deadline, None)
+
+
+def _make_client(settings: AwsSettings, region: str, deadline: Deadline, data_loader: Any) -> Any:
     from botocore.config import Config
 
     session = _session(settings)
+    if data_loader is not None:
+        session.register_component("data_loader", data_loader)
     if settings.role_arn:
         _assume_role(session, settings, region)
     budget = deadline.seconds or 30.0

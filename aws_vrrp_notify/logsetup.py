@@ -33,7 +33,10 @@ def setup(verbosity: int = 0) -> logging.Logger:
     on_terminal = sys.stderr.isatty()
     stderr.setLevel(logging.DEBUG if verbosity >= 2 else
                     logging.INFO if (verbosity or on_terminal) else logging.WARNING)
-    stderr.setFormatter(logging.Formatter("aws-vrrp-notify: %(levelname)s: %(message)s"))
+    fmt = "aws-vrrp-notify: %(levelname)s: %(message)s"
+    if verbosity >= 2:  # with timings since start, to see where a transition spends its time
+        fmt = "aws-vrrp-notify: %(relativeCreated)6.0f ms %(levelname)s: %(message)s"
+    stderr.setFormatter(logging.Formatter(fmt))
     stderr.addFilter(redact)
     log.addHandler(stderr)
     try:

@@ -27,11 +27,12 @@ from .ec2 import AwsError, Ec2, Superseded, fetch_snapshot, make_client
 from .imds import ImdsClient, ImdsError, dmi_says_ec2
 from .plan import (Plan, PlanError, STALE_CODES, drop_cached_targets, load_cached_targets,
                    region_of, resolve_locals, resolve_targets, save_targets)
+from .botomodel import keep_trimmed_model
 from .state import StateStore
 
 log = logging.getLogger("aws-vrrp-notify")
 
-SETTLE_MIN = 0.2
+SETTLE_MIN = 0.05
 SETTLE_MAX = 1.0
 IMDS_CONFIRM_INTERVAL = 0.1
 
@@ -60,7 +61,8 @@ def on_aws(imds: ImdsClient) -> Optional[bool]:
 
 
 class MasterRun:
-    def __init__(self, config: Config, group: Group, store: StateStore, seq: int):
+    def __init__(self, config: Config, group: Group, store: StateStore, seq: int, warm=None):
+        self.warm = warm  # fifo mode: clients kept between transitions
         self.config = config
         self.group = group
         self.store = store
@@ -81,8 +83,14 @@ class MasterRun:
         actions = self.group.actions
         locals_ = resolve_locals(self.imds, self.store, actions)
         self.plan = Plan(actions=actions, locals=locals_)
-        region = region_of(self.imds, self.store, self.config.aws.region)
-        self.ec2 = Ec2(make_client(self.config.aws, region, self.deadline), self.deadline, self.still_current)
+        if self.warm is not None:
+            client = self.warm.client_for(self)
+        else:
+            region = region_of(self.imds, self.store, self.config.aws.region)
+            log.debug("local ENIs and region resolved")
+            client = make_client(self.config.aws, region, self.deadline, self.store.root)
+        self.ec2 = Ec2(client, self.deadline, self.still_current)
+        log.debug("EC2 client ready")
         if not load_cached_targets(self.store, self.group.name, self.plan):
             try:
                 resolve_targets(self.ec2, self.plan)
@@ -154,6 +162,7 @@ class MasterRun:
         """Re-apply drift until two observations a settle interval apart agree, or yield."""
         assert self.plan is not None
         confirmed = False
+        log.debug("verifying")
         while True:
             if not self.still_current():
                 raise Superseded("verification")
@@ -197,8 +206,12 @@ class MasterRun:
 
 
 def run_master(config: Config, group: Group, store: StateStore) -> int:
-    seq = store.record(group.name, "MASTER")
-    run = MasterRun(config, group, store, seq)
+    return run_master_seq(config, group, store, store.record(group.name, "MASTER"))
+
+
+def run_master_seq(config: Config, group: Group, store: StateStore, seq: int, warm=None) -> int:
+    """Apply ``group`` as its recorded MASTER transition ``seq``, all within the deadline."""
+    run = MasterRun(config, group, store, seq, warm)
     name = group.name
     result: Dict[str, object] = {}
 
@@ -223,6 +236,7 @@ def run_master(config: Config, group: Group, store: StateStore) -> int:
 
 def _master_body(run: MasterRun) -> int:
     name, store, seq = run.group.name, run.store, run.seq
+    log.debug("group %s: MASTER transition %d recorded", name, seq)
     try:
         presence = on_aws(run.imds)
     except ImdsError as exc:
@@ -248,6 +262,7 @@ def _master_body(run: MasterRun) -> int:
     except Superseded:
         return _superseded(run)
     assert run.plan is not None
+    log.debug("plan ready%s", " (cached)" if run.plan.from_cache else "")
     started = time.monotonic()
     futures = run.apply_all(range(len(run.plan.actions)))
     outcomes: List[Outcome] = []
@@ -290,6 +305,7 @@ def _master_body(run: MasterRun) -> int:
         store.finish(name, seq, "failed", f"verification: {_failure_text(exc)}")
         return EXIT_FAILED
     save_targets(store, name, run.plan)
+    keep_trimmed_model(store)
     log.info("group %s: MASTER done, %d action(s) in sync, %s", name, len(outcomes),
              _ms(run.deadline.elapsed()))
     store.finish(name, seq, "ok")
@@ -318,3 +334,12 @@ def repair_group(config: Config, group: Group, store: StateStore) -> int:
     log.info("group %s: recorded MASTER but drifted: repairing", group.name)
     run = MasterRun(config, group, store, int(record.get("seq", 0)))
     return _master_body(run)
+
+
+def prepare_group(config: Config, group: Group, store: StateStore) -> None:
+    """Resolve and cache a group's plan and the trimmed model, making no AWS write."""
+    run = MasterRun(config, group, store, seq=-1)
+    run.still_current = lambda: False  # type: ignore[method-assign]  # any write would be refused
+    if run.imds.available():
+        run.prepare()
+        keep_trimmed_model(store)
