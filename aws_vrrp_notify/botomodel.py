@@ -98,6 +98,14 @@ def build(state_root: str) -> Optional[str]:
     if os.path.isdir(target):
         return target
     loader = Loader()
+    old_umask = os.umask(0o077)
+    try:
+        return _write(loader, target)
+    finally:
+        os.umask(old_umask)
+
+
+def _write(loader: Any, target: str) -> str:
     parent = os.path.dirname(target)
     os.makedirs(parent, mode=0o700, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".botocore-")

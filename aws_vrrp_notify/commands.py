@@ -208,7 +208,9 @@ def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: 
     store = StateStore(state_dir(state))
     reports = observe_groups(cfg, store, imds, deadline)
     if repair:
-        drifted = [r.name for r in reports if r.state == "MASTER" and r.check()[0] != 0 and not r.error]
+        # a group that yielded to another instance (split brain) is not taken back here
+        drifted = [r.name for r in reports if r.state == "MASTER" and r.check()[0] != 0 and not r.error
+                   and (store.read(r.name) or {}).get("outcome") != "yielded"]
         if drifted:
             from .transition import repair_group
 

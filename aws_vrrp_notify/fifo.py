@@ -29,6 +29,7 @@ from .state import StateStore
 log = logging.getLogger("aws-vrrp-notify")
 
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
+SIGTERM_GRACE = 1.0  # seconds
 Event = Tuple[str, str, int]  # group, state, sequence number recorded
 
 
@@ -146,8 +147,12 @@ def run_fifo(config_path: str, config: Config, store: StateStore, path: Optional
             events.put(None)
 
     def terminate(signum, frame) -> None:
+        # keepalived signals its FIFO script first and writes the STOP lines after: keep
+        # reading (and recording) until the writer closes or a short grace period ends.
         stop.set()
-        events.put(None)
+        timer = threading.Timer(SIGTERM_GRACE, lambda: events.put(None))
+        timer.daemon = True
+        timer.start()
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, terminate)
@@ -175,5 +180,5 @@ def run_fifo(config_path: str, config: Config, store: StateStore, path: Optional
                 continue
             if run_master_seq(cfg, group, store, seq, warm) != EXIT_OK:
                 code = EXIT_FAILED
-        if finished or stop.is_set():
+        if finished:
             return code if path is None or not stat.S_ISFIFO(os.stat(path).st_mode) else EXIT_OK

@@ -34,7 +34,7 @@ log = logging.getLogger("aws-vrrp-notify")
 
 SETTLE_MIN = 0.05
 SETTLE_MAX = 1.0
-IMDS_CONFIRM_INTERVAL = 0.1
+IMDS_CONFIRM_INTERVAL = 0.25
 
 
 class Yielded(Exception):
@@ -159,7 +159,10 @@ class MasterRun:
         return observations
 
     def verify(self) -> None:
-        """Re-apply drift until two observations a settle interval apart agree, or yield."""
+        """Re-apply drift until two observations a settle interval apart agree, or yield.
+
+        AssignPrivateIpAddresses is asynchronous on EC2: the group is only confirmed once
+        the metadata service's local-ipv4s also lists each assigned address."""
         assert self.plan is not None
         confirmed = False
         log.debug("verifying")
@@ -171,38 +174,41 @@ class MasterRun:
             if not anchor.in_sync and anchor.holder and anchor.holder not in self.plan.eni_ids():
                 raise Yielded(f"{self.plan.actions[0].describe()} is held by {anchor.holder}")
             drifted = [i for i, o in enumerate(observations) if not o.in_sync]
-            if not drifted:
-                if confirmed:
-                    return
-                confirmed = True
-                settle = min(SETTLE_MAX, max(SETTLE_MIN, 2 * self.slowest_write))
-                if settle >= self.deadline.remaining():
-                    return
-                time.sleep(settle)
+            if drifted:
+                confirmed = False
+                for i in drifted:
+                    log.info("group %s: %s drifted (%s), applying again", self.group.name,
+                             self.plan.actions[i].describe(), observations[i].reason)
+                for i, future in self.apply_all(drifted).items():
+                    future.result(timeout=self.deadline.remaining() or 0.01)
+                if self.deadline.expired():
+                    raise DeadlineExceeded("verification did not converge before the deadline")
                 continue
-            confirmed = False
-            for i in drifted:
-                log.info("group %s: %s drifted (%s), applying again", self.group.name,
-                         self.plan.actions[i].describe(), observations[i].reason)
-            for i, future in self.apply_all(drifted).items():
-                future.result(timeout=self.deadline.remaining() or 0.01)
-            if self.deadline.expired():
-                raise DeadlineExceeded("verification did not converge before the deadline")
+            unlisted = self.unlisted_in_imds()
+            if unlisted:
+                if self.deadline.remaining() <= IMDS_CONFIRM_INTERVAL:
+                    ip, local = unlisted[0]
+                    raise DeadlineExceeded(f"{ip} assigned to {local.eni_id}, but the metadata service's "
+                                           f"local-ipv4s for {local.mac} did not list it before the deadline")
+                time.sleep(IMDS_CONFIRM_INTERVAL)
+                continue
+            if confirmed:
+                return
+            confirmed = True
+            settle = min(SETTLE_MAX, max(SETTLE_MIN, 2 * self.slowest_write))
+            if settle >= self.deadline.remaining():
+                return
+            time.sleep(settle)
 
-    def confirm_imds(self) -> None:
-        """AssignPrivateIpAddresses is asynchronous on EC2: wait until IMDS lists the address."""
+    def unlisted_in_imds(self) -> List:
         from .actions import AssignPrivateIp
 
         assert self.plan is not None
+        missing = []
         for action, local in zip(self.plan.actions, self.plan.locals):
-            if not isinstance(action, AssignPrivateIp):
-                continue
-            while action.ip not in self.imds.local_ipv4s(local.mac):
-                if self.deadline.remaining() <= IMDS_CONFIRM_INTERVAL:
-                    raise DeadlineExceeded(f"{action.ip} assigned to {local.eni_id}, but the metadata "
-                                           f"service's local-ipv4s for {local.mac} did not list it "
-                                           "before the deadline")
-                time.sleep(IMDS_CONFIRM_INTERVAL)
+            if isinstance(action, AssignPrivateIp) and action.ip not in self.imds.local_ipv4s(local.mac):
+                missing.append((action.ip, local))
+        return missing
 
 
 def run_master(config: Config, group: Group, store: StateStore) -> int:
@@ -292,7 +298,6 @@ def _master_body(run: MasterRun) -> int:
         return EXIT_FAILED
     try:
         run.verify()
-        run.confirm_imds()
     except Yielded as exc:
         log.warning("group %s: another instance owns the group (%s); yielding, no further write",
                     name, exc)

@@ -221,23 +221,13 @@ def test_mac_unknown_to_imds(routers, run_tool):
     assert routers.cloud.route_target(routers.topology.route_tables["wan"], "0.0.0.0/0") != r1.eni("eth1")
 
 
-def test_imds_token_refresh_after_401(routers, run_tool):
+def test_imds_token_refresh_after_401(routers, run_tool, fault_proxy):
     r1 = routers.r1
-    # the first GET of the identity document answers 401 as an expired token would
-    r1.imds.overrides["dynamic/instance-identity/document"] = 401
-    import threading
-
-    def lift():
-        while not any(p.endswith("instance-identity/document") for _, p in list(r1.imds.log)):
-            time.sleep(0.005)
-        r1.imds.overrides.pop("dynamic/instance-identity/document", None)
-
-    t = threading.Thread(target=lift, daemon=True)
-    t.start()
-    ok(run_tool(r1, "master", "VI_1", config=cfg(assign())))
-    t.join(5)
+    proxy = fault_proxy(r1, "imds")  # the first GET answers 401, as with an expired or revoked token
+    proxy.add_fault("status", status=401, first=1, methods={"GET"})
+    ok(run_tool(r1, "master", "VI_1", config=cfg(assign()), env=proxy.env))
     assert routers.cloud.who_holds(VIP) == [r1.eni("eth0")]
-    assert r1.imds.count("PUT") >= 2  # a fresh token after the 401
+    assert proxy.injected and r1.imds.count("PUT") == 2  # a fresh token after the 401
 
 
 def test_bad_config_makes_no_aws_or_imds_call(routers, run_tool):

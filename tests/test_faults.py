@@ -216,7 +216,7 @@ def test_split_brain_never_ends_mixed(routers, run_tool, fault_proxy, jitter):
                 p.add_fault("delay", delay=random.Random(round_ * 2 + i).uniform(0.0, 0.15),
                             fraction=0.5, seed=round_ * 10 + i)
         results = _split_brain_round(routers, run_tool, config, proxies)
-        assert all(code == 0 for code, _ in results.values()), results
+        assert all(code == 0 for code, _ in results.values()), "\n".join(f"{k}: {v[0]}\n{v[1]}" for k, v in results.items())
         holders = {aws.who_holds(VIP)[0] if aws.who_holds(VIP) else None,
                    aws.route_target(topo.route_tables["wan"], "0.0.0.0/0"),
                    aws.route_target(topo.route_tables["lan"], "::/0")}

@@ -78,3 +78,21 @@ def test_stdin_mode_applies_and_exits(routers, run_tool):
 def test_fifo_path_must_exist(routers, run_tool, tmp_path):
     proc = run_tool(routers.r1, "fifo", str(tmp_path / "missing"), config=cfg(assign()))
     assert proc.returncode == 2
+
+
+def test_stop_lines_written_after_sigterm_are_recorded(routers, run_tool, tmp_path):
+    """keepalived signals the FIFO script, then writes its STOP lines."""
+    r1 = routers.r1
+    fifo = tmp_path / "keepalived.fifo"
+    os.mkfifo(fifo, 0o600)
+    proc = run_tool.popen(r1, "fifo", str(fifo), config=cfg(assign()))
+    with open(fifo, "w") as writer:
+        writer.write('INSTANCE "VI_1" BACKUP 100\n')
+        writer.flush()
+        assert wait_for(lambda: (record(run_tool, r1) or {}).get("state") == "BACKUP")
+        proc.terminate()
+        time.sleep(0.2)
+        writer.write('INSTANCE "VI_1" STOP 100\n')
+        writer.flush()
+    assert proc.wait(timeout=10) == 0
+    assert record(run_tool, r1)["state"] == "STOP"
