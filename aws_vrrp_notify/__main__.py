@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import List, Optional
 
 gc.disable()  # a short-lived process: cyclic GC only costs time (PERF.md §4)
@@ -17,14 +17,7 @@ NOTIFY_TYPES = ("INSTANCE", "GROUP")
 NOTIFY_STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
 
 
-@dataclass
-class FastCall:
-    config: Optional[str]
-    state_dir: Optional[str]
-    verbosity: int
-    state: str
-    group: str
-    via_notify: bool
+FastCall = namedtuple("FastCall", "config state_dir verbosity state group via_notify")
 
 
 def parse_fast(argv: List[str]) -> Optional[FastCall]:
@@ -61,7 +54,7 @@ def parse_fast(argv: List[str]) -> Optional[FastCall]:
     return None
 
 
-def _finish(code: int) -> "NoReturn":  # type: ignore[name-defined]
+def _finish(code: int) -> None:
     """Flush and leave without interpreter teardown (PERF.md: ~20-80 ms of freeing objects)."""
     import logging
 

@@ -6,44 +6,46 @@ Adding an action type means adding one class here and listing it in ACTION_TYPES
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, fields as dc_fields
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from collections import namedtuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
-from .config import (MAIN_VRF, Field, allocation_id, interface_name, ip_prefix, ipv4_address,
+from .config import (MAIN_VRF, Field, Frozen, allocation_id, interface_name, ip_prefix, ipv4_address,
                      read_table, route_table_id, subnet_ref, vrf_name)
-from .ec2 import AwsError, Ec2, Snapshot
+
+if TYPE_CHECKING:  # ec2 (and botocore behind it) is only needed once AWS is called
+    from .ec2 import Ec2, Snapshot
 
 
 class ResolveError(Exception):
     """What an action needs cannot be found (route table, Elastic IP, ...)."""
 
 
-@dataclass(frozen=True)
-class LocalEni:
-    """The ENI behind a local interface, found through its MAC."""
-
-    interface: str
-    vrf: str
-    mac: str
-    eni_id: str
-    vpc_id: str
-    subnet_id: str
-
-
-@dataclass(frozen=True)
-class Observation:
-    in_sync: bool
-    holder: Optional[str]  # the ENI AWS points to now (None: nothing or not an ENI)
-    reason: str = ""
+# The ENI behind a local interface, found through its MAC.
+LocalEni = namedtuple("LocalEni", "interface vrf mac eni_id vpc_id subnet_id")
+# holder: the ENI AWS points to now (None: nothing, or not an ENI).
+Observation = namedtuple("Observation", "in_sync holder reason", defaults=("",))
 
 
 Target = Dict[str, Any]  # what resolve() found: eni id plus type-specific AWS ids
 
 
-@dataclass(frozen=True)
-class Action:
+class Action(Frozen):
+    """Base of the action types: the values of FIELDS become read-only attributes."""
+
     TYPE: ClassVar[str] = ""
     FIELDS: ClassVar[Tuple[Field, ...]] = ()
+    __slots__ = ("__dict__",)
+
+    def __init__(self, **values: Any):
+        for f in self.FIELDS:
+            object.__setattr__(self, f.attr, values.get(f.attr, f.default))
+
+    def _values(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, f.attr) for f in self.FIELDS)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f.attr}={getattr(self, f.attr)!r}" for f in self.FIELDS)
+        return f"{type(self).__name__}({args})"
 
     interface: str
     vrf: str
@@ -106,12 +108,11 @@ _INTERFACE = Field("interface", interface_name, required=True)
 _VRF = Field("vrf", vrf_name, MAIN_VRF)
 
 
-@dataclass(frozen=True)
 class AssignPrivateIp(Action):
     TYPE: ClassVar[str] = "assign-private-ip"
     FIELDS: ClassVar[Tuple[Field, ...]] = (Field("ip", ipv4_address, required=True), _INTERFACE, _VRF)
 
-    ip: str = ""
+    ip: str
 
     def identity(self) -> Tuple[Any, ...]:
         return (self.TYPE, self.ip)
@@ -137,16 +138,15 @@ class AssignPrivateIp(Action):
         return Observation(False, None, f"{self.ip} is not assigned to any ENI of the VPC")
 
 
-@dataclass(frozen=True)
 class ChangeRoute(Action):
     TYPE: ClassVar[str] = "change-route"
     FIELDS: ClassVar[Tuple[Field, ...]] = (
         Field("subnet", subnet_ref), Field("route-table", route_table_id),
         Field("destination", ip_prefix, required=True), _INTERFACE, _VRF)
 
-    subnet: Optional[str] = None
-    route_table: Optional[str] = None
-    destination: str = ""
+    subnet: Optional[str]
+    route_table: Optional[str]
+    destination: str
 
     @classmethod
     def check_values(cls, values: Dict[str, Any], where: str, problems: List[str]) -> None:
@@ -193,6 +193,8 @@ class ChangeRoute(Action):
         return {"eni": local.eni_id, "route_table": table}
 
     def apply(self, ec2: Ec2, target: Target) -> str:
+        from .ec2 import AwsError
+
         params = dict(RouteTableId=target["route_table"], NetworkInterfaceId=target["eni"],
                       **self._destination_param())
         try:
@@ -242,16 +244,15 @@ class ChangeRoute(Action):
         return Observation(False, None, f"route {self.destination} in {rtb} targets {other}")
 
 
-@dataclass(frozen=True)
 class AssociateAddress(Action):
     TYPE: ClassVar[str] = "associate-address"
     FIELDS: ClassVar[Tuple[Field, ...]] = (
         Field("allocation-id", allocation_id), Field("public-ip", ipv4_address), _INTERFACE,
         Field("private-ip", ipv4_address), _VRF)
 
-    allocation_id: Optional[str] = None
-    public_ip: Optional[str] = None
-    private_ip: Optional[str] = None
+    allocation_id: Optional[str]
+    public_ip: Optional[str]
+    private_ip: Optional[str]
 
     @classmethod
     def check_values(cls, values: Dict[str, Any], where: str, problems: List[str]) -> None:
@@ -322,4 +323,4 @@ def reads_for(actions: Sequence[Action], phase: str) -> Tuple[str, ...]:
 
 
 __all__ = ["ACTION_TYPES", "Action", "AssignPrivateIp", "AssociateAddress", "ChangeRoute", "LocalEni",
-           "Observation", "ResolveError", "Target", "reads_for", "dc_fields"]
+           "Observation", "ResolveError", "Target", "reads_for"]

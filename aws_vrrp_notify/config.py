@@ -11,7 +11,6 @@ import os
 import re
 import stat
 import sys
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 DEFAULT_CONFIG_PATH = "/etc/aws-vrrp-notify/config.toml"
@@ -174,18 +173,41 @@ def profile_name(value: Any) -> str:
 # ---------------------------------------------------------------- schema
 
 
-@dataclass(frozen=True)
-class Field:
-    """One key of a TOML table: its name, checker, and default (``REQUIRED`` if none)."""
+class Frozen:
+    """A small immutable value object: attributes set once by __init__, compared by value.
 
-    key: str
-    check: Callable[[Any], Any]
-    default: Any = None
-    required: bool = False
+    (dataclasses would do, but importing them costs ~15 ms on the keepalived path.)"""
 
-    @property
-    def attr(self) -> str:
-        return self.key.replace("-", "_")
+    __slots__ = ()
+
+    def _values(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._values() == self._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__,) + self._values())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({args})"
+
+    def _set(self, **values: Any) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+class Field(Frozen):
+    """One key of a TOML table: its name, checker, default, and whether it is required."""
+
+    __slots__ = ("key", "check", "default", "required", "attr")
+
+    def __init__(self, key: str, check: Callable[[Any], Any], default: Any = None, required: bool = False):
+        self._set(key=key, check=check, default=default, required=required, attr=key.replace("-", "_"))
 
 
 def read_table(table: Any, fields: Sequence[Field], where: str, problems: List[str]) -> Optional[Dict[str, Any]]:
@@ -215,14 +237,16 @@ def read_table(table: Any, fields: Sequence[Field], where: str, problems: List[s
     return values
 
 
-@dataclass(frozen=True)
-class AwsSettings:
-    region: Optional[str] = None
-    endpoint_url: Optional[str] = None
-    profile: Optional[str] = None
-    role_arn: Optional[str] = None
-    deadline: float = DEFAULT_DEADLINE
-    prepare: bool = True  # backup/fault/stop resolve in the background what the next master needs
+class AwsSettings(Frozen):
+    """[aws]; ``prepare``: backup/fault/stop resolve in the background what the next master needs."""
+
+    __slots__ = ("region", "endpoint_url", "profile", "role_arn", "deadline", "prepare")
+
+    def __init__(self, region: Optional[str] = None, endpoint_url: Optional[str] = None,
+                 profile: Optional[str] = None, role_arn: Optional[str] = None,
+                 deadline: float = DEFAULT_DEADLINE, prepare: bool = True):
+        self._set(region=region, endpoint_url=endpoint_url, profile=profile, role_arn=role_arn,
+                  deadline=deadline, prepare=prepare)
 
 
 AWS_FIELDS = (
@@ -235,17 +259,23 @@ AWS_FIELDS = (
 )
 
 
-@dataclass(frozen=True)
-class Group:
-    name: str
-    actions: Tuple[Any, ...]  # instances of actions.Action subclasses, in file order
+class Group(Frozen):
+    """A keepalived group and its actions (actions.Action instances, in file order)."""
+
+    __slots__ = ("name", "actions")
+
+    def __init__(self, name: str, actions: Tuple[Any, ...]):
+        self._set(name=name, actions=tuple(actions))
 
 
-@dataclass(frozen=True)
-class Config:
-    path: str
-    aws: AwsSettings = field(default_factory=AwsSettings)
-    groups: Mapping[str, Group] = field(default_factory=dict)
+class Config(Frozen):
+    __slots__ = ("path", "aws", "groups")
+
+    def __init__(self, path: str, aws: Optional[AwsSettings] = None, groups: Optional[Mapping[str, Group]] = None):
+        self._set(path=path, aws=aws or AwsSettings(), groups=dict(groups or {}))
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.aws))
 
     def group(self, name: str) -> Optional[Group]:
         return self.groups.get(name)

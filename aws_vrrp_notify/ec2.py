@@ -8,11 +8,8 @@ deadline and against supersession, and the attempt count is reported when it fai
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from .config import AwsSettings
@@ -76,6 +73,8 @@ def is_retryable(exc: BaseException) -> bool:
 
 def backoff(attempt: int, throttled: bool) -> float:
     """Full-jitter exponential backoff: 50 ms base (200 ms when throttled), 2 s cap."""
+    import random
+
     base = 0.2 if throttled else 0.05
     return random.uniform(0, min(2.0, base * 2 ** attempt))
 
@@ -214,14 +213,14 @@ def _make_client(settings: AwsSettings, region: str, deadline: Deadline, data_lo
 # ---------------------------------------------------------------- batched reads
 
 
-@dataclass
 class Snapshot:
     """What AWS says now, fetched with one (paginated) describe call per resource kind."""
 
-    enis: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    route_tables: List[Dict[str, Any]] = field(default_factory=list)
-    subnets: List[Dict[str, Any]] = field(default_factory=list)
-    addresses: List[Dict[str, Any]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.enis: Dict[str, Dict[str, Any]] = {}
+        self.route_tables: List[Dict[str, Any]] = []
+        self.subnets: List[Dict[str, Any]] = []
+        self.addresses: List[Dict[str, Any]] = []
 
     def route_table(self, rtb_id: str) -> Optional[Dict[str, Any]]:
         return next((t for t in self.route_tables if t["RouteTableId"] == rtb_id), None)
@@ -266,6 +265,8 @@ READ_KINDS = ("enis", "route_tables", "subnets", "addresses")
 def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], vpc_ids: Sequence[str] = ()) -> Snapshot:
     """Fetch the requested kinds concurrently; the number of calls never depends on the
     number of groups or actions."""
+    from concurrent.futures import ThreadPoolExecutor
+
     vpcs = sorted(set(vpc_ids))
     vpc_filter = [{"Name": "vpc-id", "Values": vpcs}]
     snapshot = Snapshot()

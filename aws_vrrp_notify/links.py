@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 import threading
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .config import MAIN_VRF
@@ -47,15 +47,7 @@ class LinkError(Exception):
     """An interface or VRF that does not exist or cannot be used."""
 
 
-@dataclass(frozen=True)
-class Link:
-    index: int
-    name: str
-    mac: Optional[str]
-    master: Optional[int] = None
-    kind: Optional[str] = None
-    parent_dev: Optional[str] = None
-    parent_bus: Optional[str] = None
+Link = namedtuple("Link", "index name mac master kind parent_dev parent_bus", defaults=(None, None, None, None))
 
 
 def _attrs(data: bytes, offset: int, end: int) -> Iterator[Tuple[int, bytes]]:

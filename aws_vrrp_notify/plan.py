@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from .actions import Action, LocalEni, Target, reads_for
 from .ec2 import Ec2, Snapshot, fetch_snapshot
@@ -28,12 +27,14 @@ class PlanError(Exception):
     """A run-time resolution failure (exit 1): unknown interface, MAC unknown to IMDS, ..."""
 
 
-@dataclass
 class Plan:
-    actions: Sequence[Action]
-    locals: List[LocalEni]
-    targets: List[Optional[Target]] = field(default_factory=list)
-    from_cache: bool = False
+    """A group's actions with their local ENIs and, once resolved, their AWS targets."""
+
+    def __init__(self, actions: Sequence[Action], locals: List[LocalEni]):
+        self.actions = actions
+        self.locals = locals
+        self.targets: List[Optional[Target]] = []
+        self.from_cache = False
 
     def vpc_ids(self) -> List[str]:
         return sorted({l.vpc_id for l in self.locals})
@@ -133,5 +134,3 @@ def drop_cached_targets(store: StateStore, group: str) -> None:
     store.cache_put(f"plan-{group}", {})
 
 
-__all__ = ["Plan", "PlanError", "STALE_CODES", "drop_cached_targets", "load_cached_targets",
-           "local_eni", "region_of", "resolve_locals", "resolve_targets", "save_targets", "Tuple", "Dict"]

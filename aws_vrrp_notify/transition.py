@@ -16,11 +16,11 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FuturesTimeout
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import Dict, List, Optional, Sequence
 
 from . import EXIT_FAILED, EXIT_OK
-from .actions import Action, Observation, ResolveError, reads_for
+from .actions import Observation, ResolveError, reads_for
 from .config import Config, Group
 from .deadline import Deadline, DeadlineExceeded
 from .ec2 import AwsError, Ec2, Superseded, fetch_snapshot, make_client
@@ -41,12 +41,7 @@ class Yielded(Exception):
     """Another instance holds the group's anchor action."""
 
 
-@dataclass
-class Outcome:
-    action: Action
-    ok: bool
-    detail: str
-    seconds: float
+Outcome = namedtuple("Outcome", "action ok detail seconds")
 
 
 def _ms(seconds: float) -> str:
