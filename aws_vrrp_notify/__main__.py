@@ -56,18 +56,26 @@ def parse_fast(argv: List[str]) -> Optional[FastCall]:
 
 def _finish(code: int) -> None:
     """Flush and leave without interpreter teardown (PERF.md: ~20-80 ms of freeing objects)."""
-    import logging
-
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
-        logging.shutdown()
         os._exit(code)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args in (["--help"], ["-h"], ["--version"]):
+        if args == ["--version"]:
+            from . import __version__
+
+            sys.stdout.write(f"aws-vrrp-notify, version {__version__}\n")
+        else:
+            from .helptext import HELP
+
+            sys.stdout.write(HELP)
+        sys.stdout.flush()
+        return 0
     fast = parse_fast(args)
     if fast is not None:
         from .commands import transition

@@ -9,13 +9,12 @@ version, and written atomically. Any problem with it falls back to botocore's ow
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
 from typing import Any, Dict, Iterable, Optional, Set
 
-log = logging.getLogger("aws-vrrp-notify")
+from .logsetup import log
 
 OPERATIONS = {
     "ec2": ("AssignPrivateIpAddresses", "ReplaceRoute", "CreateRoute", "AssociateAddress",

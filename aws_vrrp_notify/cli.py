@@ -11,7 +11,7 @@ import click
 
 from . import __version__
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+CONTEXT = {"help_option_names": ["-h", "--help"], "terminal_width": 88, "max_content_width": 88}
 
 
 class Options:
@@ -87,7 +87,7 @@ def notify(ctx: click.Context, type_: str, name: str, state: str, priority: Opti
     _transition(ctx, state, name, via_notify=True)
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=CONTEXT, short_help="Long-running reader of keepalived's notify FIFO.")
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
 @click.pass_context
 def fifo(ctx: click.Context, path: Optional[str]) -> None:
@@ -99,7 +99,7 @@ def fifo(ctx: click.Context, path: Optional[str]) -> None:
     ctx.exit(run(opts.config, opts.state_dir, opts.verbose, path))
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=CONTEXT, short_help="Check the configuration file (and IAM permissions).")
 @click.option("--permissions", is_flag=True,
               help="Also resolve every interface and VRF and prove the IAM permissions of every action.")
 @click.pass_context
@@ -121,7 +121,7 @@ def validate(ctx: click.Context, permissions: bool) -> None:
     click.echo(f"{cfg.path}: OK ({len(cfg.groups)} group(s), {actions} action(s))")
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=CONTEXT, short_help="Instance, network ports and ENIs, groups in sync.")
 @click.argument("section", required=False, type=click.Choice(["instance", "network-port", "ha-notification"]))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @click.pass_context

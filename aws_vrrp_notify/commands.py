@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Optional
@@ -11,7 +10,7 @@ from . import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 from .state import DEFAULT_STATE_DIR, StateError, StateStore
 
-log = logging.getLogger("aws-vrrp-notify")
+from .logsetup import log
 
 
 def config_path(explicit: Optional[str]) -> str:

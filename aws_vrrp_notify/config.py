@@ -81,12 +81,14 @@ def ipv4_prefix(value: Any) -> str:
     return text
 
 
-def _aws_id(prefix: str) -> Callable[[Any], str]:
-    pattern = re.compile(rf"^{prefix}-[0-9a-f]{{8,17}}$")
+_HEX = frozenset("0123456789abcdef")
 
+
+def _aws_id(prefix: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         text = _string(value)
-        if not pattern.match(text):
+        head, _, digits = text.partition("-")
+        if head != prefix or not 8 <= len(digits) <= 17 or not set(digits) <= _HEX:
             raise ValueError(f"{_describe(text)} is not a {prefix} id ({prefix}-0123456789abcdef0)")
         return text
 
@@ -281,13 +283,14 @@ class Config(Frozen):
         return self.groups.get(name)
 
 
-_GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]*$")
+_GROUP_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_GROUP_CHARS = _GROUP_FIRST | frozenset(".:@+-")
 
 
 def _check_group_name(name: str) -> Optional[str]:
     if len(name) > MAX_GROUP_NAME:
         return f"group name is longer than {MAX_GROUP_NAME} characters"
-    if not _GROUP_NAME.match(name):
+    if not name or name[0] not in _GROUP_FIRST or not set(name) <= _GROUP_CHARS:
         return (f"group name {_describe(name)} may only contain letters, digits and _ . : @ + - "
                 "and must not start with . or -")
     return None

@@ -7,7 +7,6 @@ deadline and against supersession, and the attempt count is reported when it fai
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
@@ -15,7 +14,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 from .config import AwsSettings
 from .deadline import Deadline, DeadlineExceeded
 
-log = logging.getLogger("aws-vrrp-notify")
+from .logsetup import log
 
 THROTTLING_CODES = frozenset({
     "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",

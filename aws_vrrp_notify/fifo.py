@@ -12,7 +12,6 @@ or standard input is read to its end. The configuration is reloaded when it chan
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import shlex
@@ -26,7 +25,7 @@ from . import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .config import Config, ConfigError
 from .state import StateStore
 
-log = logging.getLogger("aws-vrrp-notify")
+from .logsetup import log
 
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
 SIGTERM_GRACE = 1.0  # seconds

@@ -1,75 +1,97 @@
-"""Logging: syslog (ident aws-vrrp-notify) always, stderr for errors, or everything on a terminal."""
+"""Logging: syslog (ident aws-vrrp-notify) always, stderr for warnings and errors, or for
+everything on a terminal or with -v; -vv adds debug lines with milliseconds since start.
+
+A small logger of our own rather than the logging module: importing logging costs ~10 ms,
+a sixth of the 60 ms a keepalived BACKUP transition may take. Credentials never reach it:
+any line that mentions one is redacted as a last line of defence.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+import threading
+import time
 
-LOGGER = "aws-vrrp-notify"
-
-
-class _Redact(logging.Filter):
-    """Last line of defence: never let a credential-looking value reach a log."""
-
-    MARKERS = ("X-Amz-Security-Token", "X-Amz-Signature", "X-Amz-Credential", "aws_secret_access_key",
-               "SecretAccessKey", "SessionToken", "X-aws-ec2-metadata-token", "Authorization")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(m.lower() in message.lower() for m in self.MARKERS):
-            record.msg, record.args = "[a log line that mentioned credentials was redacted]", ()
-        return True
-
-
+DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
+NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARNING", ERROR: "ERROR"}
+SYSLOG_PRIORITY = {DEBUG: 7, INFO: 6, WARNING: 4, ERROR: 3}
 SYSLOG_SOCKET = "/dev/log"
 LOG_DAEMON = 3
-PRIORITIES = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+REDACT_MARKERS = ("x-amz-security-token", "x-amz-signature", "x-amz-credential", "aws_secret_access_key",
+                  "secretaccesskey", "sessiontoken", "x-aws-ec2-metadata-token", "authorization")
+START = time.monotonic()
 
 
-class SyslogHandler(logging.Handler):
-    """RFC 3164 datagrams to /dev/log, ident aws-vrrp-notify (logging.handlers costs ~10 ms
-    to import, a tenth of a transition's budget). A syslog hiccup never breaks a failover."""
-
+class Logger:
     def __init__(self) -> None:
-        super().__init__()
-        import socket
-
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.stderr_level = WARNING
+        self.level = INFO
+        self.timings = False
+        self.syslog = None
+        self.configured = False
+        self._lock = threading.Lock()
         self.pid = os.getpid()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            priority = LOG_DAEMON * 8 + PRIORITIES.get(record.levelname, 6)
-            line = f"<{priority}>aws-vrrp-notify[{self.pid}]: {self.format(record)}"
-            self.sock.sendto(line.encode("utf-8", "replace")[:8192], SYSLOG_SOCKET)
-        except OSError:
-            pass
+    def setup(self, verbosity: int = 0) -> "Logger":
+        if self.configured:
+            return self
+        self.configured = True
+        self.level = DEBUG if verbosity >= 2 else INFO
+        on_terminal = sys.stderr.isatty()
+        self.stderr_level = DEBUG if verbosity >= 2 else INFO if (verbosity or on_terminal) else WARNING
+        self.timings = verbosity >= 2
+        if os.path.exists(SYSLOG_SOCKET):  # no syslog daemon (containers, tests): stderr only
+            import socket
+
+            self.syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        return self
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        if level < self.level and level < self.stderr_level:
+            return
+        text = message % args if args else message
+        if any(marker in text.lower() for marker in REDACT_MARKERS):
+            text = "[a log line that mentioned credentials was redacted]"
+        name = NAMES[level]
+        with self._lock:
+            if level >= self.stderr_level:
+                stamp = f"{(time.monotonic() - START) * 1000:6.0f} ms " if self.timings else ""
+                try:
+                    sys.stderr.write(f"aws-vrrp-notify: {stamp}{name}: {text}\n")
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+            if self.syslog is not None and level >= self.level:
+                line = f"<{LOG_DAEMON * 8 + SYSLOG_PRIORITY[level]}>aws-vrrp-notify[{self.pid}]: {name} {text}"
+                try:  # a syslog hiccup must never break a failover
+                    self.syslog.sendto(line.encode("utf-8", "replace")[:8192], SYSLOG_SOCKET)
+                except OSError:
+                    pass
+
+    def debug(self, message: str, *args: object) -> None:
+        self.log(DEBUG, message, *args)
+
+    def info(self, message: str, *args: object) -> None:
+        self.log(INFO, message, *args)
+
+    def warning(self, message: str, *args: object) -> None:
+        self.log(WARNING, message, *args)
+
+    def error(self, message: str, *args: object) -> None:
+        self.log(ERROR, message, *args)
+
+    def exception(self, message: str, *args: object) -> None:
+        """An unexpected error: the message, and the traceback at -vv."""
+        self.log(ERROR, message, *args)
+        if self.timings:
+            import traceback
+
+            self.log(DEBUG, "%s", traceback.format_exc())
 
 
-def setup(verbosity: int = 0) -> logging.Logger:
-    log = logging.getLogger(LOGGER)
-    if log.handlers:
-        return log
-    log.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
-    log.propagate = False
-    redact = _Redact()
-    stderr = logging.StreamHandler(sys.stderr)
-    on_terminal = sys.stderr.isatty()
-    stderr.setLevel(logging.DEBUG if verbosity >= 2 else
-                    logging.INFO if (verbosity or on_terminal) else logging.WARNING)
-    fmt = "aws-vrrp-notify: %(levelname)s: %(message)s"
-    if verbosity >= 2:  # with timings since start, to see where a transition spends its time
-        fmt = "aws-vrrp-notify: %(relativeCreated)6.0f ms %(levelname)s: %(message)s"
-    stderr.setFormatter(logging.Formatter(fmt))
-    stderr.addFilter(redact)
-    log.addHandler(stderr)
-    if os.path.exists(SYSLOG_SOCKET):
-        syslog = SyslogHandler()
-        syslog.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        syslog.addFilter(redact)
-        log.addHandler(syslog)  # no syslog daemon (containers, tests): stderr only
-    # botocore's own debug logs contain signed headers: keep them quiet at any verbosity.
-    logging.getLogger("botocore").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
-    return log
+log = Logger()
+
+
+def setup(verbosity: int = 0) -> Logger:
+    return log.setup(verbosity)

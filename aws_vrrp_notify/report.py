@@ -7,7 +7,6 @@ number of calls does not grow with the number of groups and actions.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 import time
@@ -22,7 +21,6 @@ from .imds import ImdsClient, ImdsError, dmi_says_ec2
 from .plan import PlanError, local_eni, region_of
 from .state import StateStore
 
-log = logging.getLogger("aws-vrrp-notify")
 
 INDENT = "    "
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3

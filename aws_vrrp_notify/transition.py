@@ -12,7 +12,6 @@ on another ENI yields (no further write, exit 0, logged) so the group never ends
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FuturesTimeout
@@ -30,7 +29,7 @@ from .plan import (Plan, PlanError, STALE_CODES, drop_cached_targets, load_cache
 from .botomodel import keep_trimmed_model
 from .state import StateStore
 
-log = logging.getLogger("aws-vrrp-notify")
+from .logsetup import log
 
 SETTLE_MIN = 0.05
 SETTLE_MAX = 1.0

@@ -15,8 +15,11 @@ import pytest
 VIP = "10.0.1.100"
 
 
-def cfg(*actions: str, group: str = "VI_1", deadline: float = 20) -> str:
-    return f"[aws]\ndeadline = {deadline}\n[groups.{group}]\n" + "\n".join(actions)
+def cfg(*actions: str, group: str = "VI_1", deadline: float = 20, prepare: bool = False) -> str:
+    """A configuration; background preparation after BACKUP is off unless a test is about it
+    (its detached reads would land in later tests' call counts)."""
+    return (f"[aws]\ndeadline = {deadline}\nprepare = {str(prepare).lower()}\n[groups.{group}]\n"
+            + "\n".join(actions))
 
 
 def assign(ip=VIP, interface="eth0", vrf=None):
@@ -266,3 +269,25 @@ def test_concurrent_master_and_backup_follow_the_last_event(routers, run_tool):
         if last["state"] == "MASTER":
             assert last["outcome"] == "ok", last
             assert aws.who_holds(VIP) == [r1.eni("eth0")]
+
+
+def test_backup_prepares_the_next_master(routers, run_tool):
+    aws, topo, r1 = routers.cloud, routers.topology, routers.r1
+    config = cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]), prepare=True)
+    ok(run_tool(r1, "backup", "VI_1", config=config))
+    plan = run_tool.state_dir(r1) / "cache" / "plan-VI_1.json"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (plan.exists() and plan.stat().st_size > 2
+                                               and list(plan.parent.glob("botocore-*"))):
+        time.sleep(0.05)
+    assert plan.exists(), "the background preparation wrote no plan"
+    time.sleep(0.3)  # let the detached child finish writing the trimmed model
+    assert not [a for a in aws.count_actions() if not a.startswith("Describe")]  # reads only
+    assert aws.who_holds(VIP) == []
+    aws.reset_counts()
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    sequence = [c.action for c in aws.calls()]
+    first_reads = sequence.index(next(a for a in sequence if a.startswith("Describe")))
+    assert set(sequence[:first_reads]) == {"AssignPrivateIpAddresses", "ReplaceRoute", "CreateRoute"}
+    assert first_reads == 3  # the route did not exist yet: ReplaceRoute, then CreateRoute
+    assert aws.who_holds(VIP) == [r1.eni("eth0")]

@@ -87,7 +87,7 @@ def test_not_on_aws(routers, run_tool, tmp_path):
 
 
 def many_groups(n):
-    text = "[aws]\ndeadline = 20\n"
+    text = "[aws]\ndeadline = 20\nprepare = false\n"
     for i in range(n):
         text += (f'[groups.G{i}]\n[[groups.G{i}.assign-private-ip]]\nip = "10.0.1.{100 + i}"\ninterface = "eth0"\n'
                  f'[[groups.G{i}.change-route]]\nsubnet = "10.0.2.0/24"\ndestination = "10.{100 + i}.0.0/16"\n'
