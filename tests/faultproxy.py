@@ -17,6 +17,7 @@ IMDS) from this process.  Fault kinds:
 * ``throttle``: HTTP 503 with EC2's ``RequestLimitExceeded`` XML error body
 * ``error500``: HTTP 500 with EC2's ``InternalError`` XML error body
 * ``unavailable``: HTTP 503 with ``Unavailable`` (EC2's other 5xx code)
+* ``denied``: HTTP 403 with ``UnauthorizedOperation`` (IAM says no)
 * ``status``: HTTP ``status`` with an empty body (e.g. 401/404 for an IMDS)
 * ``reset``: the connection is reset (RST) without any response
 * ``delay``: wait ``delay`` seconds, then forward normally
@@ -47,7 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 __all__ = ["FaultProxy", "Rule", "ec2_error_body", "KINDS"]
 
-KINDS = ("throttle", "error500", "unavailable", "status", "reset", "delay", "drop")
+KINDS = ("throttle", "error500", "unavailable", "denied", "status", "reset", "delay", "drop")
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
         "transfer-encoding", "upgrade", "content-length"}
@@ -62,6 +63,7 @@ _CANNED = {
     "throttle": (503, "RequestLimitExceeded", "Request limit exceeded."),
     "error500": (500, "InternalError", "An internal error has occurred"),
     "unavailable": (503, "Unavailable", "The server is overloaded and can't handle the request."),
+    "denied": (403, "UnauthorizedOperation", "You are not authorized to perform this operation."),
 }
 
 

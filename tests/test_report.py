@@ -199,6 +199,28 @@ def test_validate_permissions(routers, run_tool):
     assert routers.cloud.eni_private_ips(r1.eni("eth0")) == [r1.addrs["eth0"]]
 
 
+def test_validate_permissions_reports_a_denied_action(routers, run_tool, fault_proxy):
+    r1, topo = routers.r1, routers.topology
+    proxy = fault_proxy(r1, "ec2")
+    proxy.add_fault("denied", actions={"ReplaceRoute"})
+    config = cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]))
+    proc = run_tool(r1, "validate", "--permissions", config=config, env=proxy.env)
+    assert proc.returncode == 1
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("groups.VI_1.change-route"))
+    assert "DENIED: UnauthorizedOperation" in line
+    assert any(l.startswith("groups.VI_1.assign-private-ip") and "allowed" in l for l in proc.stdout.splitlines())
+    assert "contrib/iam" in proc.stdout.splitlines()[-1]
+
+
+def test_denied_write_fails_fast_and_is_named(routers, run_tool, fault_proxy):
+    r1 = routers.r1
+    proxy = fault_proxy(r1, "ec2")
+    proxy.add_fault("denied", actions={"AssignPrivateIpAddresses"})
+    proc = run_tool(r1, "master", "VI_1", config=cfg(assign()), env=proxy.env)
+    assert proc.returncode == 1
+    assert "AssignPrivateIpAddresses failed: UnauthorizedOperation" in proc.stderr and "(1 attempt)" in proc.stderr
+
+
 def test_validate_permissions_reports_a_missing_interface(routers, run_tool):
     proc = run_tool(routers.r1, "validate", "--permissions", config=cfg(assign(interface="ens42")))
     assert proc.returncode == 1
