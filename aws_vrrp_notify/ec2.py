@@ -7,9 +7,11 @@ deadline and against supersession, and the attempt count is reported when it fai
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .config import AwsSettings
 from .deadline import Deadline, DeadlineExceeded
@@ -59,14 +61,26 @@ def error_message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _retryable_answer(exc: Any) -> bool:
+    code = error_code(exc)
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return code in THROTTLING_CODES or code in TRANSIENT_CODES or status >= 500 or status == 429
+
+
 def is_retryable(exc: BaseException) -> bool:
+    from . import fastec2
+
+    if isinstance(exc, fastec2.FastClientError):
+        return _retryable_answer(exc)
+    if isinstance(exc, fastec2.FastEc2Error):  # connection, timeout, unreadable 2xx: retry; creds/params: no
+        return isinstance(exc, (fastec2.FastConnectionError, fastec2.FastResponseParserError))
+    if "botocore" not in sys.modules:  # the fast client is in use: never import botocore to classify
+        return isinstance(exc, OSError)
     from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
     from botocore.parsers import ResponseParserError
 
     if isinstance(exc, ClientError):
-        code = error_code(exc)
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code in THROTTLING_CODES or code in TRANSIENT_CODES or status >= 500 or status == 429
+        return _retryable_answer(exc)
     return isinstance(exc, (BotoConnectionError, HTTPClientError, ResponseParserError, OSError))
 
 
@@ -171,8 +185,37 @@ def _assume_role(session, settings: AwsSettings, region: str) -> None:
     session.get_component("credential_provider").insert_before("env", AssumeRoleProvider())
 
 
-def make_client(settings: AwsSettings, region: str, deadline: Deadline, state_root: Optional[str] = None) -> Any:
-    """An EC2 client; with ``state_root``, from the trimmed model cached there when there is one."""
+def client_timeouts(deadline: Deadline) -> Tuple[float, float]:
+    budget = deadline.seconds or 30.0
+    return min(CONNECT_TIMEOUT, max(0.5, budget / 4)), min(READ_TIMEOUT, max(1.0, budget / 3))
+
+
+def make_client(settings: AwsSettings, region: str, deadline: Deadline, state_root: Optional[str] = None,
+                imds_get: Optional[Callable[[str], str]] = None) -> Any:
+    """An EC2 client: the standard-library one (fastec2) when botocore would use the same
+    credentials and endpoint, else botocore's (AWS_VRRP_NOTIFY_BOTOCORE=1 forces botocore).
+    With ``state_root``, botocore loads the trimmed model cached there when there is one."""
+    if os.environ.get("AWS_VRRP_NOTIFY_BOTOCORE", "").lower() not in ("1", "true", "yes"):
+        from . import fastec2
+
+        connect_timeout, read_timeout = client_timeouts(deadline)
+        client, why = fastec2.client_from_settings(settings, region, imds_get=imds_get,
+                                                   connect_timeout=connect_timeout, read_timeout=read_timeout)
+        if client is not None:
+            log.debug("EC2 client: standard library (%s)", why)
+            return client
+        log.debug("EC2 client: botocore (%s)", why)
+    from botocore.exceptions import BotoCoreError, DataNotFoundError, UnknownServiceError
+
+    try:
+        return _botocore_client(settings, region, deadline, state_root)
+    except (DataNotFoundError, UnknownServiceError):
+        raise
+    except BotoCoreError as exc:  # a missing profile, bad shared config, ...: an error, not a crash
+        raise AwsError("CreateClient", type(exc).__name__, str(exc), 0) from exc
+
+
+def _botocore_client(settings: AwsSettings, region: str, deadline: Deadline, state_root: Optional[str]) -> Any:
     from botocore.exceptions import DataNotFoundError, UnknownServiceError
 
     from . import botomodel
@@ -194,11 +237,11 @@ def _make_client(settings: AwsSettings, region: str, deadline: Deadline, data_lo
         session.register_component("data_loader", data_loader)
     if settings.role_arn:
         _assume_role(session, settings, region)
-    budget = deadline.seconds or 30.0
+    connect_timeout, read_timeout = client_timeouts(deadline)
     config = Config(
         region_name=region,
-        connect_timeout=min(CONNECT_TIMEOUT, max(0.5, budget / 4)),
-        read_timeout=min(READ_TIMEOUT, max(1.0, budget / 3)),
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         retries={"total_max_attempts": 1},  # ours: see Ec2.call
         max_pool_connections=16,
         user_agent_extra="aws-vrrp-notify",

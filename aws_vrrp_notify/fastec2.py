@@ -32,8 +32,9 @@ operations the tool calls, with the same method names, keyword arguments, respon
   proxies, FIPS/dual-stack endpoints ...); :func:`client_from_settings` builds the client or
   says why not.
 
-Everything but ``os``, ``threading`` and ``time`` is imported on first use, so importing this
-module costs about a millisecond.  It never imports botocore or urllib3.
+Everything but ``os``, ``threading`` and ``time`` is imported on first use (``typing`` only for
+type checkers), so importing this module costs about a millisecond.  It never imports botocore
+or urllib3.
 """
 
 from __future__ import annotations
@@ -41,9 +42,16 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (postponed): typing is not imported at run time
+    from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+    Credentials = Tuple[str, str, Optional[str]]
+    CredentialsProvider = Callable[[], Credentials]
+    _Answer = Tuple[int, str, List[Tuple[str, str]], bytes]  # status, reason, headers, body
 
 __all__ = [
     "API_VERSION", "USER_AGENT", "FastEc2Client", "FastEc2Error", "FastClientError",
@@ -60,9 +68,6 @@ CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 10.0
 MAX_IDLE_CONNECTIONS = 16
-
-Credentials = Tuple[str, str, Optional[str]]
-CredentialsProvider = Callable[[], Credentials]
 
 # ------------------------------------------------------------------------------------ the model
 #
@@ -499,7 +504,7 @@ def client_from_settings(settings: Any, region: str, *, imds_get: Optional[Calla
         creds = InstanceProfileCredentials(imds_get)
     client = FastEc2Client(region, resolve_endpoint(settings, env, region), creds,
                            connect_timeout=connect_timeout, read_timeout=read_timeout,
-                           ca_bundle=env.get("AWS_CA_BUNDLE") or None)
+                           ca_bundle=env.get("AWS_CA_BUNDLE") or "")
     return client, reason
 
 
@@ -680,7 +685,8 @@ def _member(node: Any, tag: str, container: str) -> Tuple[str, Any]:
     return key, _structure(node, tag)
 
 
-def _metadata(status: int, headers: Sequence[Tuple[str, str]], request_id: Optional[str]) -> Dict[str, Any]:
+def _metadata(status: int, headers: Sequence[Tuple[str, str]],
+              request_id: Optional[str]) -> Dict[str, Any]:
     meta: Dict[str, Any] = {}
     if request_id:
         meta["RequestId"] = request_id
@@ -694,7 +700,8 @@ def _metadata(status: int, headers: Sequence[Tuple[str, str]], request_id: Optio
     return meta
 
 
-def parse_response(operation: str, status: int, headers: Sequence[Tuple[str, str]], body: bytes) -> Dict[str, Any]:
+def parse_response(operation: str, status: int, headers: Sequence[Tuple[str, str]],
+                   body: bytes) -> Dict[str, Any]:
     """The dict botocore returns for a successful answer of ``operation`` (snake_case name)."""
     import xml.etree.ElementTree as ET
 
@@ -725,7 +732,8 @@ def parse_response(operation: str, status: int, headers: Sequence[Tuple[str, str
     return result
 
 
-def parse_error(status: int, headers: Sequence[Tuple[str, str]], body: bytes, reason: str = "") -> Dict[str, Any]:
+def parse_error(status: int, headers: Sequence[Tuple[str, str]], body: bytes,
+                reason: str = "") -> Dict[str, Any]:
     """botocore's error dict for an EC2 error answer: {"Error": {"Code", "Message"},
     "ResponseMetadata": {...}}; a body that is no EC2 error XML gives Code ``HTTP<status>``."""
     import xml.etree.ElementTree as ET
@@ -800,7 +808,14 @@ def _stale(conn: Any) -> bool:
 
 class FastEc2Client:
     """botocore-compatible EC2 client for the operations in METHOD_TO_API_MAPPING (see the module
-    docstring).  Thread-safe; call :meth:`close` (or use ``with``) to drop idle connections."""
+    docstring).  Thread-safe; call :meth:`close` (or use ``with``) to drop idle connections.
+
+    ``region``; ``endpoint_url`` (None: the region's default, as botocore resolves it);
+    ``credentials``: a callable returning (access key, secret key, session token or None), called
+    for every request (None: the environment's, else FastCredentialsError); ``connect_timeout``
+    (TCP + TLS handshake) and ``read_timeout`` (each wait for the answer), in seconds;
+    ``ca_bundle``: CA file for HTTPS (None: AWS_CA_BUNDLE if set; "" or unset: the system's CAs).
+    """
 
     def __init__(self, region: str, endpoint_url: Optional[str] = None,
                  credentials: Optional[CredentialsProvider] = None, connect_timeout: float = CONNECT_TIMEOUT,
@@ -824,7 +839,8 @@ class FastEc2Client:
         self._credentials = credentials
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.ca_bundle = ca_bundle
+        # like botocore: AWS_CA_BUNDLE unless told otherwise ("" = the system's default CAs)
+        self.ca_bundle = (os.environ.get("AWS_CA_BUNDLE") or None) if ca_bundle is None else (ca_bundle or None)
         self.user_agent = user_agent
         self.max_idle = max_idle
         self._https = parts.scheme == "https"
@@ -932,7 +948,7 @@ class FastEc2Client:
                 return
         conn.close()
 
-    def _exchange(self, conn: Any, body: bytes, headers: Dict[str, str]) -> Tuple[int, str, List[Tuple[str, str]], bytes]:
+    def _exchange(self, conn: Any, body: bytes, headers: Dict[str, str]) -> _Answer:
         import socket
 
         if conn.sock is None:
@@ -952,7 +968,7 @@ class FastEc2Client:
         data = resp.read()
         return resp.status, resp.reason, resp.getheaders(), data
 
-    def _send(self, action: str, body: bytes, headers: Dict[str, str]) -> Tuple[int, str, List[Tuple[str, str]], bytes]:
+    def _send(self, action: str, body: bytes, headers: Dict[str, str]) -> _Answer:
         import http.client
         import socket
 

@@ -76,15 +76,19 @@ class Warm:
     def __init__(self) -> None:
         self.client = None
         self.region: Optional[str] = None
+        self.aws = None
+        self.imds = None
 
     def client_for(self, run) -> object:
         from .ec2 import make_client
         from .plan import region_of
 
+        self.imds = run.imds  # credential refreshes, hours later, use the current transition's client
         region = region_of(run.imds, run.store, run.config.aws.region)
-        if self.client is None or region != self.region:
-            self.client = make_client(run.config.aws, region, run.deadline, run.store.root)
-            self.region = region
+        if self.client is None or region != self.region or run.config.aws != self.aws:
+            self.client = make_client(run.config.aws, region, run.deadline, run.store.root,
+                                      imds_get=lambda path: self.imds.get(path))
+            self.region, self.aws = region, run.config.aws
         return self.client
 
 

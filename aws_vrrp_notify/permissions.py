@@ -76,7 +76,7 @@ def check_permissions(config: Config, opts: Any) -> int:
             print("cannot prove permissions: not running on AWS (no instance metadata service)")
             return EXIT_FAILED
         region = region_of(imds, store, config.aws.region)
-        ec2 = Ec2(make_client(config.aws, region, deadline, store.root), deadline)
+        ec2 = Ec2(make_client(config.aws, region, deadline, store.root, imds_get=imds.get), deadline)
         entries = []
         for group in config.groups.values():
             for i, action in enumerate(group.actions):

@@ -105,7 +105,7 @@ def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline
         return reports
     try:
         region = region_of(imds, store, config.aws.region)
-        ec2 = Ec2(make_client(config.aws, region, deadline, store.root), deadline)
+        ec2 = Ec2(make_client(config.aws, region, deadline, store.root, imds_get=imds.get), deadline)
         actions = [entry.action for entry, _ in pending]
         kinds = set(reads_for(actions, "resolve")) | set(reads_for(actions, "observe"))
         snap = fetch_snapshot(ec2, kinds, vpc_ids=[l.vpc_id for _, l in pending])

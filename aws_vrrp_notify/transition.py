@@ -12,6 +12,7 @@ on another ENI yields (no further write, exit 0, logged) so the group never ends
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FuturesTimeout
@@ -82,7 +83,7 @@ class MasterRun:
         else:
             region = region_of(self.imds, self.store, self.config.aws.region)
             log.debug("local ENIs and region resolved")
-            client = make_client(self.config.aws, region, self.deadline, self.store.root)
+            client = make_client(self.config.aws, region, self.deadline, self.store.root, imds_get=self.imds.get)
         self.ec2 = Ec2(client, self.deadline, self.still_current)
         log.debug("EC2 client ready")
         if not load_cached_targets(self.store, self.group.name, self.plan):
@@ -304,7 +305,8 @@ def _master_body(run: MasterRun) -> int:
         store.finish(name, seq, "failed", f"verification: {_failure_text(exc)}")
         return EXIT_FAILED
     save_targets(store, name, run.plan)
-    keep_trimmed_model(store)
+    if "botocore" in sys.modules:  # only the botocore client needs it; checking would import botocore
+        keep_trimmed_model(store)
     log.info("group %s: MASTER done, %d action(s) in sync, %s", name, len(outcomes),
              _ms(run.deadline.elapsed()))
     store.finish(name, seq, "ok")

@@ -159,6 +159,8 @@ class ToolRunner:
             "AWS_CONFIG_FILE": "/dev/null",
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
         }
+        if os.environ.get("AWS_VRRP_NOTIFY_BOTOCORE"):  # run the suite with botocore's client
+            e["AWS_VRRP_NOTIFY_BOTOCORE"] = os.environ["AWS_VRRP_NOTIFY_BOTOCORE"]
         if router is not None and not isinstance(router, str):
             e.update(router.env())
         e.update(extra or {})

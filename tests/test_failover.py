@@ -291,3 +291,20 @@ def test_backup_prepares_the_next_master(routers, run_tool):
     assert set(sequence[:first_reads]) == {"AssignPrivateIpAddresses", "ReplaceRoute", "CreateRoute"}
     assert first_reads == 3  # the route did not exist yet: ReplaceRoute, then CreateRoute
     assert aws.who_holds(VIP) == [r1.eni("eth0")]
+
+
+def test_client_choice_is_logged(routers, run_tool):
+    r1 = routers.r1
+    proc = ok(run_tool(r1, "-vv", "master", "VI_1", config=cfg(assign())))
+    expected = "EC2 client: botocore" if os.environ.get("AWS_VRRP_NOTIFY_BOTOCORE") else \
+        "EC2 client: standard library"
+    assert expected in proc.stderr
+    shared = run_tool.tmp / "aws-config"
+    shared.write_text("[profile other]\nregion = eu-west-3\n")
+    proc = ok(run_tool(r1, "-vv", "master", "VI_1", config=cfg(assign()),
+                       env={"AWS_PROFILE": "other", "AWS_CONFIG_FILE": str(shared)}))
+    assert "EC2 client: botocore" in proc.stderr  # a profile is botocore's business
+    assert routers.cloud.who_holds(VIP) == [r1.eni("eth0")]
+    proc = run_tool(r1, "master", "VI_1", config=cfg(assign()), env={"AWS_PROFILE": "missing"})
+    assert proc.returncode == 1
+    assert "ProfileNotFound" in proc.stderr and "unexpectedly" not in proc.stderr

@@ -43,21 +43,19 @@ follows the starting thread.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import select
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .netns import ip
 
@@ -71,16 +69,24 @@ CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLL = 0.01
 
 WRAPPER = r"""#!/bin/bash
-# aws-vrrp-notify lab: log when keepalived runs a notify command and how it ended,
-# and keep the command's stderr. Usage (a notify line): lab-notify COMMAND [ARGS...]
+# aws-vrrp-notify lab: log when keepalived runs a notify command and how it ended, and keep
+# the command's stderr. Usage (on a notify line): lab-notify COMMAND [ARGS...]
+# keepalived gives its scripts a parent-death signal (SIGTERM when it dies); the command
+# gets that signal as it would without this wrapper, and its exit status is still logged.
 log=${LAB_NOTIFY_LOG:-/dev/null}
 printf '%s %s start %s\n' "$EPOCHREALTIME" "$$" "$*" >>"$log"
-"$@" 2>>"${LAB_TOOL_LOG:-/dev/null}" </dev/null
-rc=$?
+"$@" 2>>"${LAB_TOOL_LOG:-/dev/null}" </dev/null &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM
+trap 'kill -INT "$child" 2>/dev/null' INT
+while :; do
+    wait "$child"
+    rc=$?
+    kill -0 "$child" 2>/dev/null || break
+done
 printf '%s %s end rc=%s\n' "$EPOCHREALTIME" "$$" "$rc" >>"$log"
 exit $rc
 """
-
 
 class LabError(RuntimeError):
     pass
@@ -159,6 +165,7 @@ class _Launch:
     started: float
     reader: Optional["_FifoReader"] = None
     stopped: bool = False
+    ended: Optional[float] = None   # time of the kill/stop that ended it
 
     def vrrp_pid(self) -> Optional[int]:
         try:
@@ -255,6 +262,7 @@ class Lab:
         self.last_fault: Optional[float] = None
         self._closed = False
         self._up = False
+        self._pid = os.getpid()
 
     # ================================================================== lifecycle
     def __enter__(self) -> "Lab":
@@ -313,11 +321,15 @@ class Lab:
 
     def close(self) -> None:
         """Stop everything this lab started; remove what it built.  Safe to call twice."""
-        if self._closed:
-            return
+        if self._closed or os.getpid() != self._pid:
+            return  # already done, or a forked child (pyroute2's create_socket helper): not ours
         self._closed = True
         restore = _hold_signals()
         try:
+            for launches in self.launches.values():  # all at once: each takes ~1 s to stop
+                for launch in launches:
+                    if launch.proc.poll() is None:
+                        _kill(launch.proc.pid, signal.SIGTERM)
             for name in list(self.launches):
                 for launch in self.launches[name]:
                     self._terminate(name, launch)
@@ -533,6 +545,8 @@ private-ip = "{VIP}"
             raise LabError(f"keepalived does not run in {name}")
         child = launch.vrrp_pid()
         t = time.time()
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            launch.ended = t
         if sig == signal.SIGKILL:
             if child:
                 _kill(child, signal.SIGKILL)
@@ -745,23 +759,42 @@ private-ip = "{VIP}"
             time.sleep(interval)
 
     def tools_idle(self) -> bool:
-        """No notify command is running and no MASTER record is in progress."""
+        """No notify command is running and no live MASTER run is in progress."""
         calls = self.notify_calls()
-        if any(c.end is None for c in calls):
+        if any(c.end is None and _alive(c.pid) for c in calls):
             return False
-        return all((self.record(n) or {}).get("outcome") != "in-progress" for n in self.routers)
+        for n in self.routers:
+            rec = self.record(n) or {}
+            if rec.get("outcome") == "in-progress" and _alive(rec.get("pid")):
+                return False
+        return True
 
-    def wait_settled(self, timeout: float = 20) -> str:
-        """Wait until exactly one running router is MASTER, AWS points to it, and every notify
-        command has finished.  Returns the master's name."""
+    def orphaned(self, call: NotifyCall) -> bool:
+        """Whether the keepalived that ran ``call`` died (kill/stop) while it ran."""
+        end = call.end if call.end is not None else time.time()
+        return any(la.ended is not None and call.start <= la.ended <= end
+                   for la in self.launches.get(call.router, []))
+
+    def wait_settled(self, timeout: float = 20, master: Optional[str] = None, quiet: float = 0.3) -> str:
+        """Wait until exactly one running router is MASTER (``master`` if given), AWS points
+        to it, every notify command has finished, and nothing happened (no keepalived event,
+        no notify command) for ``quiet`` seconds.  Returns the master's name."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             masters = self.masters()
-            if len(masters) == 1 and self.aws_points_to() == masters[0] and self.tools_idle():
+            if len(masters) == 1 and master in (None, masters[0]) and self.aws_points_to() == masters[0] \
+                    and self.tools_idle() and time.time() - self._last_activity() >= quiet:
                 return masters[0]
             time.sleep(0.05)
         raise TimeoutError(f"the lab did not settle in {timeout:g}s: masters={self.masters()} "
                            f"aws={self.aws_view()}\n{self.describe()}")
+
+    def _last_activity(self) -> float:
+        times = [e.time for e in self.events()[-1:]]
+        for c in self.notify_calls()[-20:]:
+            times += [c.start] + ([c.end] if c.end else [])
+        times += [la.started for las in self.launches.values() for la in las[-1:]]
+        return max(times, default=0.0)
 
     def describe(self) -> str:
         """A summary for failure messages: keepalived states, notify calls, tool records."""

@@ -1,0 +1,320 @@
+"""``python -m aws_vrrp_notify.lab demo|up``: the lab from one command (root, keepalived).
+
+demo  builds a simulated AWS region (moto + fake IMDSv2) with two router namespaces,
+      starts keepalived in both (their notify lines call the installed aws-vrrp-notify),
+      shows `aws-vrrp-notify status` on both routers, crashes the master's keepalived,
+      prints the failover as it happens with the time from the crash until AWS points
+      to the new master, shows `check`, restarts the crashed router (it preempts back),
+      and tears everything down.  About 30 s with the default advert_int 1.
+up    the same lab, left running until Ctrl-C, for poking at it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Dict, Optional
+
+from .keepalived import GROUP, VIP, Event, Lab, LabError, NotifyCall, available
+
+ACTION_TEXT = {
+    "assign-private-ip": f"VIP {VIP} on {{r}} eth0",
+    "change-route wan 0.0.0.0/0": "wan 0.0.0.0/0 -> {r} eth1",
+    "change-route lan ::/0": "lan ::/0 -> {r} eth0",
+    "associate-address": "Elastic IP -> {r} " + VIP,
+}
+
+
+class Printer:
+    """Timestamped, thread-safe output relative to the start of the demo."""
+
+    def __init__(self, out=sys.stdout):
+        self.t0 = time.time()
+        self.out = out
+        self.lock = threading.Lock()
+        self.quiet_tools = False
+
+    def at(self, t: Optional[float], text: str, indent: int = 0) -> None:
+        t = time.time() if t is None else t
+        with self.lock:
+            print(f"[{t - self.t0:6.2f}s] {'  ' * indent}{text}", file=self.out, flush=True)
+
+    def plain(self, text: str = "") -> None:
+        with self.lock:
+            print(text, file=self.out, flush=True)
+
+    def block(self, title: str, text: str) -> None:
+        with self.lock:
+            print(f"          --- {title}", file=self.out)
+            for line in text.rstrip("\n").splitlines() or ["(no output)"]:
+                print(f"          | {line}", file=self.out)
+            self.out.flush()
+
+    # Lab.on_event callback
+    def __call__(self, item) -> None:
+        if isinstance(item, Event):
+            prio = f" (priority {item.priority})" if item.priority is not None else ""
+            self.at(item.time, f"{item.router} keepalived: {item.name} is {item.state}{prio}", 1)
+        elif isinstance(item, NotifyCall):
+            cmd = f"aws-vrrp-notify {item.command} {GROUP}"
+            if item.end is None:
+                self.at(item.start, f"{item.router} keepalived runs: {cmd}", 1)
+            else:
+                self.at(item.end, f"{item.router} {cmd}: exit {item.rc} after {item.end - item.start:.2f}s", 1)
+        elif isinstance(item, tuple) and item[0] == "tool" and not self.quiet_tools:
+            line = item[2]
+            for prefix in ("aws-vrrp-notify: INFO: ", "aws-vrrp-notify: "):
+                if line.startswith(prefix):
+                    line = line[len(prefix):]
+                    break
+            self.at(None, f"{item[1]}   | {line}", 1)
+
+
+class AwsWatcher(threading.Thread):
+    """Polls moto every 10 ms and prints every action that changes router."""
+
+    def __init__(self, lab: Lab, p: Printer):
+        super().__init__(name="aws-watch", daemon=True)
+        self.lab, self.p = lab, p
+        self.halt = threading.Event()
+        self.last: Dict[str, Optional[str]] = {}
+
+    def run(self) -> None:
+        while not self.halt.wait(0.01):
+            try:
+                view = self.lab.aws_view()
+            except Exception:
+                continue
+            now = time.time()
+            changed = [k for k, v in view.items() if self.last.get(k, "?") != v]
+            for k in changed:
+                who = view[k]
+                text = ACTION_TEXT[k].format(r=who) if who else f"{k}: nobody"
+                self.p.at(now, f"AWS: {text}", 1)
+            if changed:
+                targets = set(view.values())
+                if len(targets) == 1 and None not in targets:
+                    self.p.at(now, f"AWS: all 4 actions point to {targets.pop()}", 1)
+            self.last = view
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=1)
+
+
+MAIN_PID = os.getpid()
+
+
+def _sigterm(signum, frame):
+    if os.getpid() != MAIN_PID:
+        # a forked helper (pyroute2's create_socket child is ended with SIGTERM): die as by default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise SystemExit(128 + signum)
+
+
+def _forked_exit() -> None:
+    """In a forked helper child (pyroute2), never run the demo's teardown: just leave."""
+    if os.getpid() != MAIN_PID:
+        os._exit(1)
+
+
+def _show_status(lab: Lab, p: Printer, name: str, *args: str) -> int:
+    proc = lab.status(name, *args)
+    p.block(f"ip netns exec {lab.router(name).ns} aws-vrrp-notify status {' '.join(args)}".rstrip()
+            + f"   (exit {proc.returncode})", proc.stdout + proc.stderr)
+    return proc.returncode
+
+
+def _show_check(lab: Lab, p: Printer, name: str) -> int:
+    proc = lab.check(name)
+    p.block(f"{name}: aws-vrrp-notify check   (exit {proc.returncode})", proc.stdout + proc.stderr)
+    return proc.returncode
+
+
+def build(lab: Lab, p: Printer) -> None:
+    p.at(None, "building a simulated AWS region (moto + fake IMDSv2) and two router namespaces ...")
+    lab.up()
+    t = lab.cloud.topology
+    p.at(None, f"region {t.region}: {t.vpc} 10.0.0.0/16, subnets lan {t.subnet_cidrs['lan']} "
+               f"({t.route_tables['lan']}), wan {t.subnet_cidrs['wan']} ({t.route_tables['wan']})")
+    for name, r in lab.routers.items():
+        p.at(None, f"{name}: {r.instance_id} in namespace {r.ns}: eth0 {r.addrs['eth0']} ({r.eni('eth0')}), "
+                   f"eth1 {r.addrs['eth1']} ({r.eni('eth1')})", 1)
+    p.at(None, f"Elastic IP {t.eip_public_ip} ({t.eip_alloc}) - a fake address, never contacted", 1)
+    p.at(None, "inside each router namespace: its own IMDS at 169.254.169.254:80, the EC2 API on "
+               "127.0.0.1 (AWS_ENDPOINT_URL_EC2)", 1)
+    p.at(None, f"tool configuration (0600): {lab.config_path('r1')} (same on r2):")
+    p.plain("          | " + "\n          | ".join(
+        line for line in lab.tool_config("r1").splitlines() if line and not line.startswith("#")))
+
+
+def start_pair(lab: Lab, p: Printer, args) -> None:
+    proto = f"VRRPv{args.vrrp_version} advert_int {args.advert_int:g}s, unicast 10.0.1.11 <-> 10.0.1.12"
+    p.at(None, f"starting keepalived in r1 (priority 150) and r2 (priority 100): {proto}")
+    for name in ("r1", "r2"):
+        lab.start_router(name, version=args.vrrp_version, advert_int=args.advert_int)
+    p.at(None, f"keepalived.conf of r1: {lab.current('r1').conf}; its notify lines:", 1)
+    for line in lab.current("r1").conf.read_text().splitlines():
+        if line.strip().startswith("notify_master"):
+            p.plain("          | " + line.strip())
+
+
+def demo(args) -> int:
+    p = Printer()
+    p.plain("aws-vrrp-notify lab demo: keepalived on two routers, AWS simulated by moto, one crash.\n")
+    lab = None
+    watcher = None
+    ok = True
+    try:
+        lab = Lab(on_event=p)
+        build(lab, p)
+        watcher = AwsWatcher(lab, p)
+        watcher.start()
+        start_pair(lab, p, args)
+        master = lab.wait_settled(timeout=30)
+        p.at(None, f"settled: {master} is MASTER and AWS points to it")
+
+        p.plain("\n== aws-vrrp-notify status, run inside each router namespace ==")
+        p.quiet_tools = True
+        _show_status(lab, p, "r1")
+        _show_status(lab, p, "r2", "ha-notification")
+        p.quiet_tools = False
+
+        backup = "r2" if master == "r1" else "r1"
+        p.plain(f"\n== crash: SIGKILL {master}'s keepalived (parent and VRRP child) ==")
+        time.sleep(0.3)
+        t_fault = lab.kill(master)
+        p.at(t_fault, f"killed keepalived in {master}")
+        took = lab.wait_aws_points_to(backup, timeout=30, since=t_fault)
+        seen = lab.events(backup, since=t_fault, state="MASTER")
+        calls = [c for c in lab.notify_calls(backup) if c.start >= t_fault and c.command == "master"]
+        time.sleep(0.05)
+        p.plain("")
+        p.at(None, f"FAILOVER: AWS points to {backup} {took:.3f} s after the crash "
+                   f"(AWS polled every 10 ms)")
+        if seen:
+            detect = seen[0].time - t_fault
+            p.at(None, f"keepalived on {backup} needed {detect:.3f} s to declare the master dead "
+                       f"(3 x advert_int + skew), aws-vrrp-notify {took - detect:.3f} s to move the 4 actions", 1)
+        if calls:
+            p.at(None, f"notify_master started {calls[0].start - t_fault:.3f} s after the crash", 1)
+        lab.wait_settled(timeout=30)
+
+        p.plain("\n== after the failover ==")
+        p.quiet_tools = True
+        _show_status(lab, p, backup, "ha-notification")
+        codes = {n: _show_check(lab, p, n) for n in (master, backup)}
+        p.plain(f"          {master}'s keepalived died while MASTER, so its last record says MASTER while "
+                f"AWS points elsewhere:\n          check reports that drift (exit {codes[master]}, CRITICAL) - "
+                f"what a cron job would alert on. {backup}: exit {codes[backup]}.")
+        ok = ok and codes[backup] == 0
+        p.quiet_tools = False
+
+        if not args.no_restart:
+            p.plain(f"\n== restart {master}'s keepalived: priority 150 preempts {backup} ==")
+            lab.start_router(master, version=args.vrrp_version, advert_int=args.advert_int)
+            t_start = time.time()
+            took = lab.wait_aws_points_to(master, timeout=30, since=t_start)
+            lab.wait_settled(timeout=30)
+            p.at(None, f"AWS points back to {master} {took:.3f} s after its keepalived started")
+            p.quiet_tools = True
+            codes = {n: _show_check(lab, p, n) for n in (master, backup)}
+            ok = ok and all(c == 0 for c in codes.values())
+            p.quiet_tools = False
+        p.plain("")
+    except LabError as exc:
+        p.at(None, f"lab error: {exc}")
+        ok = False
+    except TimeoutError as exc:
+        p.at(None, f"FAILED: {exc}")
+        ok = False
+    except KeyboardInterrupt:
+        _forked_exit()
+        p.at(None, "interrupted")
+        ok = None
+    except SystemExit as exc:
+        _forked_exit()
+        p.at(None, f"terminated (signal {int(exc.code or 0) - 128})")
+        ok = None
+    finally:
+        _forked_exit()
+        if watcher is not None:
+            watcher.stop()
+        if lab is not None:
+            lab.on_event = None
+            p.at(None, "tearing down: keepalived (by PID), namespaces, servers ...")
+            lab.close()
+            p.at(None, f"done ({time.time() - p.t0:.1f} s)")
+    if ok is None:
+        return 130
+    return 0 if ok else 1
+
+
+def up(args) -> int:
+    p = Printer()
+    lab = None
+    try:
+        lab = Lab(on_event=p)
+        build(lab, p)
+        start_pair(lab, p, args)
+        master = lab.wait_settled(timeout=30)
+        p.at(None, f"settled: {master} is MASTER and AWS points to it")
+        lab.on_event = None
+        p.plain("\nThe lab runs until Ctrl-C. Try, in another shell:")
+        for name, r in lab.routers.items():
+            p.plain(f"  env AWS_ENDPOINT_URL_EC2={r.moto_url} AWS_ACCESS_KEY_ID=testing "
+                    f"AWS_SECRET_ACCESS_KEY=testing ip netns exec {r.ns} "
+                    f"{' '.join(lab.tool_argv(name, 'status'))}")
+        p.plain(f"  keepalived PIDs: r1 {lab.current('r1').proc.pid}, r2 {lab.current('r2').proc.pid}; "
+                f"configurations and logs in {lab.workdir}")
+        signal.pause() if hasattr(signal, "pause") else threading.Event().wait()
+    except (KeyboardInterrupt, SystemExit):
+        _forked_exit()
+    except (LabError, TimeoutError) as exc:
+        p.at(None, f"FAILED: {exc}")
+        return 1
+    finally:
+        _forked_exit()
+        if lab is not None:
+            lab.on_event = None
+            p.at(None, "tearing down ...")
+            lab.close()
+            p.at(None, "done")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aws_vrrp_notify.lab",
+                                     description="The aws-vrrp-notify lab: keepalived routers on a simulated AWS.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (("demo", "bring the lab up, crash the master, show the failover, tear down"),
+                           ("up", "bring the lab up and keep it running until Ctrl-C")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--advert-int", type=float, default=1.0,
+                        help="VRRP advert_int in seconds (default 1; fractions need --vrrp-version 3)")
+        sp.add_argument("--vrrp-version", type=int, choices=(2, 3), default=None,
+                        help="default: 2 for a whole advert_int, else 3")
+        if name == "demo":
+            sp.add_argument("--no-restart", action="store_true",
+                            help="do not restart the crashed router at the end")
+    args = parser.parse_args(argv)
+    if args.vrrp_version is None:
+        args.vrrp_version = 2 if args.advert_int == int(args.advert_int) else 3
+    if args.vrrp_version == 2 and args.advert_int != int(args.advert_int):
+        parser.error("VRRPv2 needs a whole --advert-int; use --vrrp-version 3")
+    ok, why = available()
+    if not ok:
+        print(f"the lab cannot run here: {why}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _sigterm)
+    return demo(args) if args.command == "demo" else up(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
