@@ -21,8 +21,9 @@ def state_dir(explicit: Optional[str]) -> str:
     return explicit or os.environ.get("AWS_VRRP_NOTIFY_STATE_DIR") or DEFAULT_STATE_DIR
 
 
-def load_config(explicit: Optional[str]) -> Config:
-    return load(config_path(explicit))
+def load_config(explicit: Optional[str], state_root: Optional[str] = None) -> Config:
+    """The configuration; with ``state_root``, an unchanged file is not decoded again (config.load)."""
+    return load(config_path(explicit), os.path.join(state_root, "cache") if state_root else None)
 
 
 def report_config_error(exc: ConfigError) -> int:
@@ -74,7 +75,7 @@ def transition(config: Optional[str], state: Optional[str], verbosity: int, new_
 
     setup(verbosity)
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, state_dir(state))
     except ConfigError as exc:
         log.error("configuration error in %s (%d problem(s)); nothing done", exc.path, len(exc.problems))
         return report_config_error(exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
+import _thread
 import time
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
@@ -30,7 +30,7 @@ class Logger:
         self.timings = False
         self.syslog = None
         self.configured = False
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self.pid = os.getpid()
 
     def setup(self, verbosity: int = 0) -> "Logger":

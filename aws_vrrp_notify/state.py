@@ -14,7 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import threading
+import _thread
 import time
 from typing import Any, Dict, Optional
 
@@ -28,7 +28,7 @@ class StateError(Exception):
 
 
 def _write_json_atomic(path: str, data: Dict[str, Any]) -> None:
-    tmp = f"{os.path.dirname(path)}/.tmp-{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}"
+    tmp = f"{os.path.dirname(path)}/.tmp-{os.getpid()}-{_thread.get_ident()}-{os.path.basename(path)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "w") as fh:

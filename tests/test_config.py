@@ -163,3 +163,21 @@ def test_any_bytes_give_a_config_or_a_clean_error(tmp_path_factory, data):
         load(str(path))
     except ConfigError as exc:
         assert exc.problems
+
+
+def test_decoded_document_cache(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    path = write(tmp_path, GOOD)
+    first = load(path, str(cache))
+    files = list(cache.glob("config-*.json"))
+    assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
+    assert load(path, str(cache)) == first  # read back from the cache
+    # a changed file is decoded again, and a cached document is validated again
+    pathlib.Path(path).write_text(GOOD.replace("deadline = 12.5", "deadline = 7"))
+    assert load(path, str(cache)).aws.deadline == 7
+    pathlib.Path(path).write_text("[groups.A]\n")
+    with pytest.raises(ConfigError):
+        load(path, str(cache))
+    with pytest.raises(ConfigError):
+        load(path, str(cache))
