@@ -34,14 +34,11 @@ def report_config_error(exc: ConfigError) -> int:
 
 
 def _prepared(store: StateStore, group: str) -> bool:
-    """A plan and a trimmed model are already cached (cheap check: no botocore import)."""
-    plan = os.path.join(store.cache_dir, f"plan-{group}.json")
+    """A plan for the group is already cached (a cheap check: no AWS, no botocore)."""
     try:
-        has_plan = os.path.getsize(plan) > 2
-        has_model = any(n.startswith("botocore-") for n in os.listdir(store.cache_dir))
+        return os.path.getsize(os.path.join(store.cache_dir, f"plan-{group}.json")) > 2
     except OSError:
         return False
-    return has_plan and has_model
 
 
 def _prepare_in_background(cfg: Config, group, store: StateStore) -> None:

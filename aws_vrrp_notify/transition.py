@@ -12,6 +12,7 @@ on another ENI yields (no further write, exit 0, logged) so the group never ends
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -207,7 +208,23 @@ class MasterRun:
 
 
 def run_master(config: Config, group: Group, store: StateStore) -> int:
-    return run_master_seq(config, group, store, store.record(group.name, "MASTER"))
+    seq = store.record(group.name, "MASTER")
+    _record_interruption(store, group.name, seq)
+    return run_master_seq(config, group, store, seq)
+
+
+def _record_interruption(store: StateStore, group: str, seq: int) -> None:
+    """keepalived SIGTERMs running notify scripts when it stops: say so in the record."""
+    import signal
+
+    def interrupted(signum: int, frame: object) -> None:
+        log.warning("group %s: MASTER interrupted by signal %d (keepalived stopping?)", group, signum)
+        try:
+            store.finish(group, seq, "interrupted", f"signal {signum}")
+        finally:
+            os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, interrupted)
 
 
 def run_master_seq(config: Config, group: Group, store: StateStore, seq: int, warm=None) -> int:
@@ -343,4 +360,5 @@ def prepare_group(config: Config, group: Group, store: StateStore) -> None:
     run.still_current = lambda: False  # type: ignore[method-assign]  # any write would be refused
     if run.imds.available():
         run.prepare()
-        keep_trimmed_model(store)
+        if "botocore" in sys.modules:  # the standard-library client needs no botocore model
+            keep_trimmed_model(store)

@@ -279,3 +279,18 @@ def test_no_shell_is_invoked():
     for needle in ("shell=True", "os.system(", "os.popen(", "subprocess"):
         assert needle not in source, needle
 
+
+
+def test_sigterm_during_master_is_recorded(routers, run_tool, fault_proxy):
+    """keepalived SIGTERMs its running notify scripts when it stops."""
+    r1 = routers.r1
+    proxy = fault_proxy(r1, "ec2")
+    proxy.add_fault("delay", delay=5, actions={"AssignPrivateIpAddresses"})
+    proc = run_tool.popen(r1, "master", "VI_1", config=cfg(assign()), env=proxy.env)
+    while proxy.counts["AssignPrivateIpAddresses"] == 0:
+        time.sleep(0.01)
+    proc.terminate()
+    assert proc.wait(timeout=10) == 143
+    rec = record(run_tool, r1)
+    assert rec["state"] == "MASTER" and rec["outcome"] == "interrupted"
+    assert "interrupted" in proc.stderr.read()
