@@ -68,6 +68,7 @@ class MasterRun:
         self.ec2: Optional[Ec2] = None
         self.plan: Optional[Plan] = None
         self.slowest_write = 0.0
+        self.snapshot = None
         self._lock = threading.Lock()
 
     def still_current(self) -> bool:
@@ -136,10 +137,10 @@ class MasterRun:
         pool.shutdown(wait=False)
         return futures
 
-    def observe(self) -> List[Observation]:
+    def observe(self, extra_kinds: Sequence[str] = ()) -> List[Observation]:
         assert self.plan is not None and self.ec2 is not None
-        snap = fetch_snapshot(self.ec2, reads_for(self.plan.actions, "observe"),
-                              vpc_ids=self.plan.vpc_ids())
+        kinds = tuple(reads_for(self.plan.actions, "observe")) + tuple(extra_kinds)
+        snap = self.snapshot = fetch_snapshot(self.ec2, kinds, vpc_ids=self.plan.vpc_ids())
         observations = []
         for i, (action, local) in enumerate(zip(self.plan.actions, self.plan.locals)):
             try:
@@ -195,6 +196,36 @@ class MasterRun:
             if settle >= self.deadline.remaining():
                 return
             time.sleep(settle)
+
+    def hand_back(self) -> None:
+        """After yielding: give the owner back what our late writes took from it.
+
+        A write of ours still in flight when the owner made its last check can land after
+        it, leaving the group mixed once both have exited. So the instance that yields
+        looks again, after a settle interval, and re-points any action still on its own
+        ENIs to the owner's ENI at the same device index (HA pairs mirror their ENI
+        layouts). Without such an ENI it only logs the drift, which `check` reports."""
+        assert self.plan is not None
+        time.sleep(min(SETTLE_MAX, max(SETTLE_MIN, 2 * self.slowest_write), self.deadline.remaining()))
+        observations = self.observe(extra_kinds=("enis",))
+        enis = self.snapshot.enis
+        owner = (enis.get(observations[0].holder or "", {}).get("Attachment") or {}).get("InstanceId")
+        ours = set(self.plan.eni_ids())
+        for i, (action, observation) in enumerate(zip(self.plan.actions, observations)):
+            if observation.holder not in ours:
+                continue
+            index = (enis.get(observation.holder, {}).get("Attachment") or {}).get("DeviceIndex")
+            twins = [e["NetworkInterfaceId"] for e in enis.values()
+                     if owner and (e.get("Attachment") or {}).get("InstanceId") == owner
+                     and (e.get("Attachment") or {}).get("DeviceIndex") == index]
+            if len(twins) != 1:
+                log.error("group %s: %s still points here but the owner %s has no ENI at device index %s; "
+                          "left as is (check reports it)", self.group.name, action.describe(), owner, index)
+                continue
+            target = dict(self.plan.targets[i], eni=twins[0])
+            log.warning("group %s: %s landed after the owner's check: handing it back to %s of %s",
+                        self.group.name, action.describe(), twins[0], owner)
+            action.apply(self.ec2, target)
 
     def unlisted_in_imds(self) -> List:
         from .actions import AssignPrivateIp
@@ -311,9 +342,12 @@ def _master_body(run: MasterRun) -> int:
     try:
         run.verify()
     except Yielded as exc:
-        log.warning("group %s: another instance owns the group (%s); yielding, no further write",
-                    name, exc)
+        log.warning("group %s: another instance owns the group (%s); yielding", name, exc)
         store.finish(name, seq, "yielded", str(exc))
+        try:
+            run.hand_back()
+        except (Superseded, AwsError, ImdsError, PlanError, DeadlineExceeded) as err:
+            log.error("group %s: could not check what this instance still holds: %s", name, _failure_text(err))
         return EXIT_OK
     except Superseded:
         return _superseded(run)

@@ -294,3 +294,24 @@ def test_sigterm_during_master_is_recorded(routers, run_tool, fault_proxy):
     rec = record(run_tool, r1)
     assert rec["state"] == "MASTER" and rec["outcome"] == "interrupted"
     assert "interrupted" in proc.stderr.read()
+
+
+def test_late_write_of_the_yielding_instance_is_handed_back(routers, run_tool, fault_proxy):
+    """r2's route write lands after r1 (which took the anchor) has verified and exited."""
+    aws, topo, r1, r2 = routers.cloud, routers.topology, routers.r1, routers.r2
+    config = cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]))
+    slow = fault_proxy(r2, "ec2")
+    slow.add_fault("delay", delay=2.5, actions={"ReplaceRoute", "CreateRoute"})
+    loser = run_tool.popen(r2, "-v", "master", "VI_1", config=config, env=slow.env)
+    while slow.counts["ReplaceRoute"] + slow.counts["CreateRoute"] == 0:
+        time.sleep(0.01)
+    while aws.who_holds(VIP) != [r2.eni("eth0")]:
+        time.sleep(0.01)
+    ok(run_tool(r1, "master", "VI_1", config=config))  # takes the anchor, verifies, exits
+    assert aws.route_target(topo.route_tables["wan"], "0.0.0.0/0") == r1.eni("eth1")
+    assert loser.wait(timeout=30) == 0
+    err = loser.stderr.read()
+    assert "another instance owns the group" in err and "handing it back" in err
+    assert aws.who_holds(VIP) == [r1.eni("eth0")]
+    assert aws.route_target(topo.route_tables["wan"], "0.0.0.0/0") == r1.eni("eth1")
+    assert record(run_tool, r2)["outcome"] == "yielded"
