@@ -21,4 +21,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "bootstrap: installing aws-vrrp-notify[lab,test] into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[lab,test]'
+.venv/bin/python -m pip install -q --force-reinstall --no-deps . && .venv/bin/python -m pip install -q '.[lab,test]'
