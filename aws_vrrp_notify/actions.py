@@ -104,6 +104,16 @@ class Action(Frozen):
         raise NotImplementedError
 
 
+def _exactly_one(values: Dict[str, Any], where: str, problems: List[str], first: str, second: str,
+                 first_text: str = "") -> None:
+    """Exactly one of two keys (a key that was given but invalid counts as given)."""
+    a, b = values[first.replace("-", "_")], values[second.replace("-", "_")]
+    if a and b:
+        problems.append(f"{where}: give either '{first}' or '{second}', not both")
+    elif not a and not b and not any(p.startswith((f"{where}.{first}", f"{where}.{second}")) for p in problems):
+        problems.append(f"{where}: missing {first_text or repr(first)} or '{second}'")
+
+
 _INTERFACE = Field("interface", interface_name, required=True)
 _VRF = Field("vrf", vrf_name, MAIN_VRF)
 
@@ -150,11 +160,7 @@ class ChangeRoute(Action):
 
     @classmethod
     def check_values(cls, values: Dict[str, Any], where: str, problems: List[str]) -> None:
-        if values["subnet"] and values["route_table"]:
-            problems.append(f"{where}: give either 'subnet' or 'route-table', not both")
-        elif not values["subnet"] and not values["route_table"] and not any(
-                p.startswith(f"{where}.subnet") or p.startswith(f"{where}.route-table") for p in problems):
-            problems.append(f"{where}: missing 'subnet' (CIDR or subnet id) or 'route-table'")
+        _exactly_one(values, where, problems, "subnet", "route-table", "'subnet' (CIDR or subnet id)")
 
     def identity(self) -> Tuple[Any, ...]:
         return (self.TYPE, self.route_table or self.subnet, self.destination)
@@ -256,11 +262,7 @@ class AssociateAddress(Action):
 
     @classmethod
     def check_values(cls, values: Dict[str, Any], where: str, problems: List[str]) -> None:
-        if values["allocation_id"] and values["public_ip"]:
-            problems.append(f"{where}: give either 'allocation-id' or 'public-ip', not both")
-        elif not values["allocation_id"] and not values["public_ip"] and not any(
-                p.startswith(f"{where}.allocation-id") or p.startswith(f"{where}.public-ip") for p in problems):
-            problems.append(f"{where}: missing 'allocation-id' or 'public-ip'")
+        _exactly_one(values, where, problems, "allocation-id", "public-ip")
 
     def identity(self) -> Tuple[Any, ...]:
         return (self.TYPE, self.allocation_id or self.public_ip)

@@ -42,36 +42,19 @@ def _transition(ctx: click.Context, state: str, group: str, via_notify: bool = F
     ctx.exit(transition(opts.config, opts.state_dir, opts.verbose, state, group, via_notify))
 
 
-@cli.command(context_settings=CONTEXT)
-@click.argument("group")
-@click.pass_context
-def master(ctx: click.Context, group: str) -> None:
-    """keepalived notify_master: apply GROUP's actions."""
-    _transition(ctx, "MASTER", group)
+def _transition_command(state: str, summary: str) -> None:
+    """master/backup/fault/stop GROUP: the per-state keepalived notify scripts."""
+
+    @cli.command(name=state.lower(), context_settings=CONTEXT, help=summary)
+    @click.argument("group")
+    @click.pass_context
+    def command(ctx: click.Context, group: str) -> None:
+        _transition(ctx, state, group)
 
 
-@cli.command(context_settings=CONTEXT)
-@click.argument("group")
-@click.pass_context
-def backup(ctx: click.Context, group: str) -> None:
-    """keepalived notify_backup: record the transition (no AWS write)."""
-    _transition(ctx, "BACKUP", group)
-
-
-@cli.command(context_settings=CONTEXT)
-@click.argument("group")
-@click.pass_context
-def fault(ctx: click.Context, group: str) -> None:
-    """keepalived notify_fault: record the transition (no AWS write)."""
-    _transition(ctx, "FAULT", group)
-
-
-@cli.command(context_settings=CONTEXT)
-@click.argument("group")
-@click.pass_context
-def stop(ctx: click.Context, group: str) -> None:
-    """keepalived notify_stop: record the transition (no AWS write)."""
-    _transition(ctx, "STOP", group)
+_transition_command("MASTER", "keepalived notify_master: apply GROUP's actions.")
+for _state in ("BACKUP", "FAULT", "STOP"):
+    _transition_command(_state, f"keepalived notify_{_state.lower()}: record the transition (no AWS write).")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -177,7 +177,7 @@ def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: 
     from .imds import ImdsError
     from .logsetup import setup
     from .report import (UNKNOWN, NotOnAws, check_json, check_lines, observe_groups, prometheus_text,
-                         require_aws, to_json, write_atomic)
+                         require_aws, to_json, write_prometheus)
 
     setup(verbosity)
 
@@ -187,7 +187,7 @@ def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: 
         else:
             print(f"aws-vrrp-notify check UNKNOWN: {message}")
         if prometheus:
-            write_atomic(prometheus, prometheus_text([], UNKNOWN, message, time.time()))
+            write_prometheus(prometheus, prometheus_text([], UNKNOWN, message, time.time()))
         return UNKNOWN
 
     try:
@@ -219,7 +219,7 @@ def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: 
     worst, lines = check_lines(reports)
     print(to_json(check_json(reports, worst)) if as_json else "\n".join(lines))
     if prometheus:
-        write_atomic(prometheus, prometheus_text(reports, worst, None, time.time()))
+        write_prometheus(prometheus, prometheus_text(reports, worst, None, time.time()))
     return worst
 
 

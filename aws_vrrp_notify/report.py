@@ -7,8 +7,6 @@ number of calls does not grow with the number of groups and actions.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -19,7 +17,7 @@ from .deadline import Deadline
 from .ec2 import AwsError, Ec2, fetch_snapshot, make_client
 from .imds import ImdsClient, ImdsError, dmi_says_ec2
 from .plan import PlanError, local_eni, region_of
-from .state import StateStore
+from .state import StateStore, write_atomic
 
 
 INDENT = "    "
@@ -242,20 +240,8 @@ def prometheus_text(reports: Sequence[GroupReport], worst: int, error: Optional[
     return "\n".join(out) + "\n"
 
 
-def write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".aws-vrrp-notify-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def write_prometheus(path: str, text: str) -> None:
+    write_atomic(path, text, 0o644)  # node_exporter reads it as another user
 
 
 def to_json(data: Dict[str, Any]) -> str:

@@ -27,12 +27,15 @@ class StateError(Exception):
     pass
 
 
-def _write_json_atomic(path: str, data: Dict[str, Any]) -> None:
-    tmp = f"{os.path.dirname(path)}/.tmp-{os.getpid()}-{_thread.get_ident()}-{os.path.basename(path)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text`` atomically: readers see the old file or the new one."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = f"{directory}/.tmp-{os.getpid()}-{_thread.get_ident()}-{name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, sort_keys=True)
+            os.fchmod(fh.fileno(), mode)
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -40,6 +43,10 @@ def _write_json_atomic(path: str, data: Dict[str, Any]) -> None:
         except OSError:
             pass
         raise
+
+
+def _write_json_atomic(path: str, data: Dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, sort_keys=True))
 
 
 def _read_json(path: str) -> Optional[Dict[str, Any]]:
