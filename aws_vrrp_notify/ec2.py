@@ -158,19 +158,26 @@ def _session(settings: AwsSettings):
     return session
 
 
-def _assume_role(session, settings: AwsSettings, region: str) -> None:
-    """Make ``session`` use refreshable AssumeRole credentials for settings.role_arn."""
+def _assume_role(session, settings: AwsSettings, region: str, data_loader: Any) -> None:
+    """Make ``session`` use refreshable AssumeRole credentials for settings.role_arn.
+
+    The source credentials (and the STS client) come from a session of their own: a
+    session caches the first credentials it resolves, so ``session`` must not resolve any
+    before the AssumeRole provider is first in its chain."""
     from botocore.credentials import (AssumeRoleCredentialFetcher, CredentialProvider,
                                       DeferredRefreshableCredentials)
 
-    source = session.get_credentials()
+    source_session = _session(settings)
+    if data_loader is not None:
+        source_session.register_component("data_loader", data_loader)
+    source = source_session.get_credentials()
     if source is None:
         raise AwsError("AssumeRole", "NoCredentials", "no source credentials to assume "
                        f"{settings.role_arn} with", 0)
 
     def create_sts(service_name: str, **kwargs: Any) -> Any:
         kwargs.setdefault("region_name", region)
-        return session.create_client(service_name, **kwargs)
+        return source_session.create_client(service_name, **kwargs)
 
     fetcher = AssumeRoleCredentialFetcher(
         client_creator=create_sts, source_credentials=source, role_arn=settings.role_arn,
@@ -182,7 +189,8 @@ def _assume_role(session, settings: AwsSettings, region: str) -> None:
         def load(self):
             return DeferredRefreshableCredentials(method=self.METHOD, refresh_using=fetcher.fetch_credentials)
 
-    session.get_component("credential_provider").insert_before("env", AssumeRoleProvider())
+    # first in the chain (with a profile set, botocore has dropped its "env" provider)
+    session.get_component("credential_provider").providers.insert(0, AssumeRoleProvider())
 
 
 def client_timeouts(deadline: Deadline) -> Tuple[float, float]:
@@ -236,7 +244,7 @@ def _make_client(settings: AwsSettings, region: str, deadline: Deadline, data_lo
     if data_loader is not None:
         session.register_component("data_loader", data_loader)
     if settings.role_arn:
-        _assume_role(session, settings, region)
+        _assume_role(session, settings, region, data_loader)
     connect_timeout, read_timeout = client_timeouts(deadline)
     config = Config(
         region_name=region,

@@ -308,3 +308,18 @@ def test_client_choice_is_logged(routers, run_tool):
     proc = run_tool(r1, "master", "VI_1", config=cfg(assign()), env={"AWS_PROFILE": "missing"})
     assert proc.returncode == 1
     assert "ProfileNotFound" in proc.stderr and "unexpectedly" not in proc.stderr
+
+
+def test_role_arn_and_profile_through_botocore(routers, run_tool):
+    """[aws] role-arn (STS AssumeRole, at moto's STS) and [aws] profile take botocore's path."""
+    aws, r1 = routers.cloud, routers.r1
+    shared = run_tool.tmp / "aws-config"
+    # with a profile set, botocore takes credentials from the profile, not from the environment
+    shared.write_text("[profile ha]\nregion = eu-west-3\naws_access_key_id = HAKEY\naws_secret_access_key = HASECRET\n")
+    config = ('[aws]\ndeadline = 20\nprepare = false\nprofile = "ha"\n'
+              'role-arn = "arn:aws:iam::123456789012:role/vrrp-failover"\n[groups.VI_1]\n' + assign())
+    proc = ok(run_tool(r1, "-vv", "master", "VI_1", config=config,
+                       env={"AWS_CONFIG_FILE": str(shared), "AWS_ENDPOINT_URL_STS": r1.moto_url}))
+    assert "EC2 client: botocore" in proc.stderr
+    assert aws.count_actions()["AssumeRole"] >= 1, [(c.action, c.params.get("RoleArn")) for c in aws.calls()]
+    assert aws.who_holds(VIP) == [r1.eni("eth0")]
