@@ -1,0 +1,58 @@
+"""Logging: syslog datagrams with the aws-vrrp-notify ident, stderr rules, redaction."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import sys
+
+from aws_vrrp_notify import logsetup
+
+
+def fresh_logger(monkeypatch, tmp_path, verbosity=0, tty=False):
+    path = str(tmp_path / "log.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(2)
+    monkeypatch.setattr(logsetup, "SYSLOG_SOCKET", path)
+    err = io.StringIO()
+    err.isatty = lambda: tty  # type: ignore[method-assign]
+    monkeypatch.setattr(sys, "stderr", err)
+    return logsetup.Logger().setup(verbosity), server, err
+
+
+def test_syslog_ident_priority_and_stderr_levels(monkeypatch, tmp_path):
+    log, server, err = fresh_logger(monkeypatch, tmp_path)
+    log.info("group %s: assigned", "VI_1")
+    log.error("group %s: failed", "VI_1")
+    log.debug("not at this verbosity")
+    assert server.recv(4096).decode() == f"<30>aws-vrrp-notify[{os.getpid()}]: INFO group VI_1: assigned"
+    assert server.recv(4096).decode() == f"<27>aws-vrrp-notify[{os.getpid()}]: ERROR group VI_1: failed"
+    assert err.getvalue() == "aws-vrrp-notify: ERROR: group VI_1: failed\n"  # not a terminal: errors only
+
+
+def test_terminal_and_verbose(monkeypatch, tmp_path):
+    log, _, err = fresh_logger(monkeypatch, tmp_path, tty=True)
+    log.info("hello")
+    assert err.getvalue() == "aws-vrrp-notify: INFO: hello\n"
+    verbose = tmp_path / "verbose"
+    verbose.mkdir()
+    log, _, err = fresh_logger(monkeypatch, verbose, verbosity=2)
+    log.debug("timed")
+    assert err.getvalue().startswith("aws-vrrp-notify: ") and " ms DEBUG: timed" in err.getvalue()
+
+
+def test_credentials_are_redacted(monkeypatch, tmp_path):
+    log, server, err = fresh_logger(monkeypatch, tmp_path, tty=True)
+    log.info("headers: %s", {"X-Amz-Security-Token": "FwoGZXIvYXdzE"})
+    assert "FwoGZXIvYXdzE" not in err.getvalue() and "redacted" in err.getvalue()
+    assert b"FwoGZXIvYXdzE" not in server.recv(4096)
+
+
+def test_missing_syslog_is_not_an_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(logsetup, "SYSLOG_SOCKET", str(tmp_path / "nothing"))
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    log = logsetup.Logger().setup(0)
+    log.error("still reported")
+    assert sys.stderr.getvalue() == "aws-vrrp-notify: ERROR: still reported\n"
