@@ -30,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,28 @@ def routers(_lab_net, aws):
             problems = check_router(r)
         if problems:
             pytest.fail(f"router namespaces broken by an earlier test: {problems}")
-    return _lab_net
+    yield _lab_net
+    # Nothing a test started in the routers may outlive it: a detached background
+    # preparation, or a notify script orphaned by a killed keepalived, would otherwise
+    # call the shared simulated AWS during later tests.
+    for r in _lab_net:
+        kill_namespace_processes(r.ns, r.vrf)
+
+
+def kill_namespace_processes(*namespaces: str) -> None:
+    for _ in range(50):
+        pids = set()
+        for ns in namespaces:
+            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+            pids |= {int(p) for p in out.split() if p.isdigit() and int(p) != os.getpid()}
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- the tool

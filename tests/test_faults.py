@@ -195,7 +195,7 @@ def test_other_groups_do_not_wait(routers, run_tool, fault_proxy):
 
 
 def _split_brain_round(routers, run_tool, config, proxies):
-    procs = {r.name: run_tool.popen(r, "-v", "master", "VI_1", config=config, env=proxies[r.name].env)
+    procs = {r.name: run_tool.popen(r, "-vv", "master", "VI_1", config=config, env=proxies[r.name].env)
              for r in routers}
     results = {name: (p.wait(timeout=60), p.stderr.read()) for name, p in procs.items()}
     return results
@@ -222,7 +222,8 @@ def test_split_brain_never_ends_mixed(routers, run_tool, fault_proxy, jitter):
                    aws.route_target(topo.route_tables["lan"], "::/0")}
         owner = next((r for r in routers if r.eni("eth0") in holders), None)
         assert owner is not None
-        assert holders == {owner.eni("eth0"), owner.eni("eth1")}, (round_, holders)
+        assert holders == {owner.eni("eth0"), owner.eni("eth1")}, (round_, holders, "\n".join(
+            f"{k}: {v[0]}\n{v[1]}" for k, v in results.items()))
         for r in routers:
             if r is not owner and "another instance owns the group" in results[r.name][1]:
                 check = run_tool(r, "check", config=config)
