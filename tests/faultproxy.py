@@ -141,6 +141,7 @@ class FaultProxy:
         self.counts: collections.Counter = collections.Counter()
         self.injected: collections.Counter = collections.Counter()
         self.lock = threading.Lock()
+        self.closing = threading.Event()
         self._srv = None
         self._thread = None
         self.url: str | None = None
@@ -239,8 +240,8 @@ class FaultProxy:
                         return self._reply(status, ec2_error_body(code, msg))
                     if fault.kind == "status":
                         return self._reply(fault.status, b"", ctype="text/plain")
-                    if fault.kind == "delay":
-                        time.sleep(fault.delay)
+                    if fault.kind == "delay" and proxy.closing.wait(fault.delay):
+                        return self._reset()  # closed meanwhile: this request must not reach a later test
                 try:
                     conn = http.client.HTTPConnection(*proxy.upstream, timeout=proxy.upstream_timeout)
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
@@ -283,6 +284,7 @@ class FaultProxy:
         return self
 
     def close(self) -> None:
+        self.closing.set()  # requests still held by a "delay" are dropped, never forwarded
         if self._srv is not None:
             self._srv.shutdown()
             self._srv.server_close()

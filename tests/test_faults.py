@@ -217,6 +217,8 @@ def test_split_brain_never_ends_mixed(routers, run_tool, fault_proxy, jitter):
                             fraction=0.5, seed=round_ * 10 + i)
         results = _split_brain_round(routers, run_tool, config, proxies)
         assert all(code == 0 for code, _ in results.values()), "\n".join(f"{k}: {v[0]}\n{v[1]}" for k, v in results.items())
+        for name, (code, err) in results.items():  # shown by pytest when the round fails
+            print(f"--- round {round_} {name} exit {code}\n{err}")
         holders = {aws.who_holds(VIP)[0] if aws.who_holds(VIP) else None,
                    aws.route_target(topo.route_tables["wan"], "0.0.0.0/0"),
                    aws.route_target(topo.route_tables["lan"], "::/0")}
