@@ -399,12 +399,14 @@ def _cached_document(cache_dir: Optional[str], path: str, st: os.stat_result):
 
 
 def _store_document(cache: Optional[str], key: Optional[str], data: Dict[str, Any]) -> None:
-    if not cache or not os.path.isdir(os.path.dirname(cache)):
+    if not cache:
         return
     import json
 
     tmp = f"{cache}.{os.getpid()}.tmp"
+    old_umask = os.umask(0o077)  # the state directory is private (state.py makes it so too)
     try:
+        os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump({"key": key, "document": data}, fh)
@@ -414,6 +416,8 @@ def _store_document(cache: Optional[str], key: Optional[str], data: Dict[str, An
             os.unlink(tmp)
         except OSError:
             pass
+    finally:
+        os.umask(old_umask)
 
 
 def load(path: str, cache_dir: Optional[str] = None) -> Config:
