@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import stat
 import sys
 TYPE_CHECKING = False  # typing costs ~5 ms of a keepalived BACKUP: annotations only
@@ -132,25 +131,24 @@ def vrf_name(value: Any) -> str:
     return text
 
 
-def region_name(value: Any) -> str:
-    text = _string(value)
-    if not re.match(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$", text):
-        raise ValueError(f"{_describe(text)} is not an AWS region name (e.g. eu-west-3)")
-    return text
+def _matching(pattern: str, what: str) -> "Callable[[Any], str]":
+    """A checker for strings matching ``pattern`` (compiled on first use: off the BACKUP path)."""
+
+    def check(value: Any) -> str:
+        import re
+
+        text = _string(value)
+        if not re.match(pattern, text):
+            raise ValueError(f"{_describe(text)} is not {what}")
+        return text
+
+    return check
 
 
-def endpoint_url(value: Any) -> str:
-    text = _string(value)
-    if not re.match(r"^https?://[^\s/]+(/\S*)?$", text):
-        raise ValueError(f"{_describe(text)} is not an http(s) URL")
-    return text
-
-
-def role_arn(value: Any) -> str:
-    text = _string(value)
-    if not re.match(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$", text):
-        raise ValueError(f"{_describe(text)} is not an IAM role ARN (arn:aws:iam::123456789012:role/name)")
-    return text
+region_name = _matching(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$", "an AWS region name (e.g. eu-west-3)")
+endpoint_url = _matching(r"^https?://[^\s/]+(/\S*)?$", "an http(s) URL")
+role_arn = _matching(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$",
+                     "an IAM role ARN (arn:aws:iam::123456789012:role/name)")
 
 
 def deadline_seconds(value: Any) -> float:
