@@ -213,6 +213,8 @@ def make_client(settings: AwsSettings, region: str, deadline: Deadline, state_ro
             log.debug("EC2 client: standard library (%s)", why)
             return client
         log.debug("EC2 client: botocore (%s)", why)
+    else:
+        log.debug("EC2 client: botocore (AWS_VRRP_NOTIFY_BOTOCORE is set)")
     from botocore.exceptions import BotoCoreError, DataNotFoundError, UnknownServiceError
 
     try:
