@@ -319,10 +319,14 @@ class AssociateAddress(Action):
 ACTION_TYPES: Dict[str, type] = {cls.TYPE: cls for cls in (AssignPrivateIp, ChangeRoute, AssociateAddress)}
 
 
-def reads_for(actions: Sequence[Action], phase: str) -> Tuple[str, ...]:
+def reads_for(actions: Sequence[Action], *phases: str) -> Tuple[str, ...]:
+    """Snapshot kinds the actions need for the given phases ("resolve", "observe")."""
     kinds = set()
     for action in actions:
-        kinds.update(action.resolve_reads() if phase == "resolve" else action.observe_reads())
+        if "resolve" in phases:
+            kinds.update(action.resolve_reads())
+        if "observe" in phases:
+            kinds.update(action.observe_reads())
     return tuple(sorted(kinds))
 
 

@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .config import AwsSettings
-from .deadline import Deadline, DeadlineExceeded
+from .deadline import Deadline
 
 from .logsetup import log
 
@@ -352,6 +352,3 @@ def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], vpc_ids: Sequence[str] = ()) 
                 future.result()
     return snapshot
 
-
-__all__ = ["AwsError", "Ec2", "Snapshot", "Superseded", "fetch_snapshot", "make_client",
-           "DeadlineExceeded"]

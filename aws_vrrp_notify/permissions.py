@@ -16,9 +16,9 @@ from . import EXIT_FAILED, EXIT_OK
 from .actions import Action, AssignPrivateIp, AssociateAddress, ChangeRoute, ResolveError, reads_for
 from .config import Config
 from .deadline import Deadline
-from .ec2 import AwsError, Ec2, fetch_snapshot, make_client
+from .ec2 import AwsError, Ec2, fetch_snapshot
 from .imds import ImdsClient, ImdsError
-from .plan import PlanError, local_eni, region_of
+from .plan import PlanError, ec2_client, local_eni
 
 DENIED = frozenset({"UnauthorizedOperation", "AuthFailure", "AccessDenied", "AccessDeniedException",
                     "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"})
@@ -75,8 +75,7 @@ def check_permissions(config: Config, opts: Any) -> int:
         if not imds.available():
             print("cannot prove permissions: not running on AWS (no instance metadata service)")
             return EXIT_FAILED
-        region = region_of(imds, store, config.aws.region)
-        ec2 = Ec2(make_client(config.aws, region, deadline, store.root, imds_get=imds.get), deadline)
+        ec2 = Ec2(ec2_client(config, imds, store, deadline), deadline)
         entries = []
         for group in config.groups.values():
             for i, action in enumerate(group.actions):
@@ -87,7 +86,7 @@ def check_permissions(config: Config, opts: Any) -> int:
                     lines.append(f"{where}: {action.describe()}: FAILED: {exc}")
                     failed = True
         actions = [a for _, a, _ in entries]
-        kinds = set(reads_for(actions, "resolve")) | set(reads_for(actions, "observe")) | {"enis"}
+        kinds = set(reads_for(actions, "resolve", "observe")) | {"enis"}
         for kind, operation in (("enis", "describe_network_interfaces"), ("route_tables", "describe_route_tables"),
                                 ("addresses", "describe_addresses")):
             if kind in kinds:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from .actions import Action, LocalEni, Target, reads_for
-from .ec2 import Ec2, Snapshot, fetch_snapshot
+from .deadline import Deadline
+from .ec2 import Ec2, Snapshot, fetch_snapshot, make_client
 from .imds import ImdsClient, ImdsError, ImdsNotFound
 from .links import LinkError, mac_of
 from .state import StateStore
@@ -96,6 +97,12 @@ def region_of(imds: ImdsClient, store: Optional[StateStore], configured: Optiona
     if store:
         store.cache_put("instance", {"region": ident.get("region"), "instance-id": ident.get("instanceId")})
     return ident["region"]
+
+
+def ec2_client(config: Any, imds: ImdsClient, store: StateStore, deadline: Deadline) -> Any:
+    """The EC2 client for this instance's region (from config, cache or IMDS)."""
+    region = region_of(imds, store, config.aws.region)
+    return make_client(config.aws, region, deadline, store.root, imds_get=imds.get)
 
 
 def fingerprint(actions: Sequence[Action], locals_: Sequence[LocalEni]) -> str:

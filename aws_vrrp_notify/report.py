@@ -7,16 +7,15 @@ number of calls does not grow with the number of groups and actions.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .actions import Action, ResolveError, reads_for
 from .config import Config
 from .deadline import Deadline
-from .ec2 import AwsError, Ec2, fetch_snapshot, make_client
+from .ec2 import AwsError, Ec2, fetch_snapshot
 from .imds import ImdsClient, ImdsError, dmi_says_ec2
-from .plan import PlanError, local_eni, region_of
+from .plan import PlanError, ec2_client, local_eni
 from .state import StateStore, write_atomic
 
 
@@ -86,9 +85,8 @@ def require_aws(imds: ImdsClient) -> None:
     raise NotOnAws()
 
 
-def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline: Deadline,
-                   names: Optional[Sequence[str]] = None) -> List[GroupReport]:
-    groups = [config.groups[n] for n in (names or sorted(config.groups))]
+def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline: Deadline) -> List[GroupReport]:
+    groups = [config.groups[n] for n in sorted(config.groups)]
     reports = [GroupReport(g.name, (store.read(g.name) or {}).get("state")) for g in groups]
     pending: List[Tuple[ActionReport, Any]] = []
     for group, report in zip(groups, reports):
@@ -102,11 +100,9 @@ def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline
     if not pending:
         return reports
     try:
-        region = region_of(imds, store, config.aws.region)
-        ec2 = Ec2(make_client(config.aws, region, deadline, store.root, imds_get=imds.get), deadline)
+        ec2 = Ec2(ec2_client(config, imds, store, deadline), deadline)
         actions = [entry.action for entry, _ in pending]
-        kinds = set(reads_for(actions, "resolve")) | set(reads_for(actions, "observe"))
-        snap = fetch_snapshot(ec2, kinds, vpc_ids=[l.vpc_id for _, l in pending])
+        snap = fetch_snapshot(ec2, reads_for(actions, "resolve", "observe"), vpc_ids=[l.vpc_id for _, l in pending])
     except (AwsError, PlanError, ImdsError) as exc:
         for report in reports:
             report.error = str(exc)
@@ -247,7 +243,3 @@ def write_prometheus(path: str, text: str) -> None:
 def to_json(data: Dict[str, Any]) -> str:
     return json.dumps(data, indent=2)
 
-
-__all__ = ["ActionReport", "GroupReport", "NotOnAws", "check_json", "check_lines", "ha_json", "ha_lines",
-           "instance_json", "instance_lines", "observe_groups", "port_lines", "prometheus_text",
-           "require_aws", "to_json", "write_atomic", "time"]

@@ -24,10 +24,10 @@ from . import EXIT_FAILED, EXIT_OK
 from .actions import Observation, ResolveError, reads_for
 from .config import Config, Group
 from .deadline import Deadline, DeadlineExceeded
-from .ec2 import AwsError, Ec2, Superseded, fetch_snapshot, make_client
+from .ec2 import AwsError, Ec2, Superseded, fetch_snapshot
 from .imds import ImdsClient, ImdsError, dmi_says_ec2
-from .plan import (Plan, PlanError, STALE_CODES, drop_cached_targets, load_cached_targets,
-                   region_of, resolve_locals, resolve_targets, save_targets)
+from .plan import (Plan, PlanError, STALE_CODES, drop_cached_targets, ec2_client, load_cached_targets,
+                   resolve_locals, resolve_targets, save_targets)
 from .botomodel import keep_trimmed_model
 from .state import StateStore
 
@@ -83,9 +83,7 @@ class MasterRun:
         if self.warm is not None:
             client = self.warm.client_for(self)
         else:
-            region = region_of(self.imds, self.store, self.config.aws.region)
-            log.debug("local ENIs and region resolved")
-            client = make_client(self.config.aws, region, self.deadline, self.store.root, imds_get=self.imds.get)
+            client = ec2_client(self.config, self.imds, self.store, self.deadline)
         self.ec2 = Ec2(client, self.deadline, self.still_current)
         log.debug("EC2 client ready")
         if not load_cached_targets(self.store, self.group.name, self.plan):
