@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG_PATH = "/etc/aws-vrrp-notify/config.toml"
 DEFAULT_DEADLINE = 30.0
 MAX_DEADLINE = 3600.0
+DEFAULT_CONSISTENCY_WINDOW = 5.0
+MAX_CONSISTENCY_WINDOW = 120.0
+DEFAULT_REASSERT_INTERVAL = 10.0
+MAX_REASSERT_INTERVAL = 3600.0
 MAX_GROUP_NAME = 128
 MAIN_VRF = "main"
 
@@ -159,6 +163,23 @@ def deadline_seconds(value: Any) -> float:
     return float(value)
 
 
+def _seconds_in(low: float, high: float, what: str, zero_allowed: bool = False) -> "Callable[[Any], float]":
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number of seconds, got {type(value).__name__} {_describe(value)}")
+        if value != value or not (low <= value <= high or (zero_allowed and value == 0)):
+            also = " or 0 to turn it off" if zero_allowed else ""
+            raise ValueError(f"{value} is out of range ({what}: {low:g} to {high:g} seconds{also})")
+        return float(value)
+    return check
+
+
+# How long a describe call or the metadata service may lag an accepted write.
+consistency_window_seconds = _seconds_in(0, MAX_CONSISTENCY_WINDOW, "consistency-window")
+# fifo mode re-checks groups recorded MASTER this often; 0 turns re-checking off.
+reassert_interval_seconds = _seconds_in(1, MAX_REASSERT_INTERVAL, "reassert-interval", zero_allowed=True)
+
+
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {type(value).__name__} {_describe(value)}")
@@ -242,13 +263,17 @@ def read_table(table: Any, fields: Sequence[Field], where: str, problems: List[s
 class AwsSettings(Frozen):
     """[aws]; ``prepare``: backup/fault/stop resolve in the background what the next master needs."""
 
-    __slots__ = ("region", "endpoint_url", "profile", "role_arn", "deadline", "prepare")
+    __slots__ = ("region", "endpoint_url", "profile", "role_arn", "deadline", "prepare",
+                 "consistency_window", "reassert_interval")
 
     def __init__(self, region: Optional[str] = None, endpoint_url: Optional[str] = None,
                  profile: Optional[str] = None, role_arn: Optional[str] = None,
-                 deadline: float = DEFAULT_DEADLINE, prepare: bool = True):
+                 deadline: float = DEFAULT_DEADLINE, prepare: bool = True,
+                 consistency_window: float = DEFAULT_CONSISTENCY_WINDOW,
+                 reassert_interval: float = DEFAULT_REASSERT_INTERVAL):
         self._set(region=region, endpoint_url=endpoint_url, profile=profile, role_arn=role_arn,
-                  deadline=deadline, prepare=prepare)
+                  deadline=deadline, prepare=prepare, consistency_window=consistency_window,
+                  reassert_interval=reassert_interval)
 
 
 AWS_FIELDS = (
@@ -258,6 +283,8 @@ AWS_FIELDS = (
     Field("role-arn", role_arn),
     Field("deadline", deadline_seconds, DEFAULT_DEADLINE),
     Field("prepare", boolean, True),
+    Field("consistency-window", consistency_window_seconds, DEFAULT_CONSISTENCY_WINDOW),
+    Field("reassert-interval", reassert_interval_seconds, DEFAULT_REASSERT_INTERVAL),
 )
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .actions import Action, LocalEni, Target, reads_for
+from .actions import Action, LocalEni, ResolveError, Target, reads_for
 from .deadline import Deadline
 from .ec2 import Ec2, Snapshot, fetch_snapshot, make_client
 from .imds import ImdsClient, ImdsError, ImdsNotFound
@@ -29,19 +29,28 @@ class PlanError(Exception):
 
 
 class Plan:
-    """A group's actions with their local ENIs and, once resolved, their AWS targets."""
+    """A group's actions with their local ENIs and, once resolved, their AWS targets.
 
-    def __init__(self, actions: Sequence[Action], locals: List[LocalEni]):
+    An action that cannot be resolved (its interface is gone, its Elastic IP released)
+    is kept out of the run with its reason in ``errors``; the others go ahead."""
+
+    def __init__(self, actions: Sequence[Action], locals: List[Optional[LocalEni]],
+                 errors: Optional[Dict[int, str]] = None):
         self.actions = actions
         self.locals = locals
-        self.targets: List[Optional[Target]] = []
+        self.targets: List[Optional[Target]] = [None] * len(actions)
+        self.errors: Dict[int, str] = dict(errors or {})
         self.from_cache = False
 
+    def usable(self) -> List[int]:
+        """Indexes of the actions that resolved, in configuration order."""
+        return [i for i in range(len(self.actions)) if i not in self.errors]
+
     def vpc_ids(self) -> List[str]:
-        return sorted({l.vpc_id for l in self.locals})
+        return sorted({l.vpc_id for l in self.locals if l is not None})
 
     def eni_ids(self) -> List[str]:
-        return sorted({l.eni_id for l in self.locals})
+        return sorted({l.eni_id for l in self.locals if l is not None})
 
 
 def _mac_cache_key(mac: str) -> str:
@@ -72,16 +81,34 @@ def local_eni(imds: ImdsClient, store: Optional[StateStore], interface: str, vrf
 
 
 def resolve_locals(imds: ImdsClient, store: Optional[StateStore], actions: Sequence[Action],
-                   use_cache: bool = True) -> List[LocalEni]:
-    """The local ENI of every action, looking each distinct (interface, vrf) up once, concurrently."""
+                   use_cache: bool = True) -> Tuple[List[Optional[LocalEni]], Dict[int, str]]:
+    """The local ENI of every action, looking each distinct (interface, vrf) up once, concurrently.
+
+    Returns the ENIs (None where the lookup failed) and the failures' reasons by action index."""
     keys = list(dict.fromkeys((a.interface, a.vrf) for a in actions))
+    found: Dict[Tuple[str, str], Any] = {}
+
+    def lookup(key: Tuple[str, str]) -> Any:
+        try:
+            return local_eni(imds, store, *key, use_cache=use_cache)
+        except PlanError as exc:
+            return exc
+
     if len(keys) == 1:
-        found = {keys[0]: local_eni(imds, store, *keys[0], use_cache=use_cache)}
+        found[keys[0]] = lookup(keys[0])
     else:
         with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
-            futures = {k: pool.submit(local_eni, imds, store, *k, use_cache=use_cache) for k in keys}
-            found = {k: f.result() for k, f in futures.items()}
-    return [found[(a.interface, a.vrf)] for a in actions]
+            found = dict(zip(keys, pool.map(lookup, keys)))
+    locals_: List[Optional[LocalEni]] = []
+    errors: Dict[int, str] = {}
+    for i, action in enumerate(actions):
+        result = found[(action.interface, action.vrf)]
+        if isinstance(result, PlanError):
+            errors[i] = str(result)
+            locals_.append(None)
+        else:
+            locals_.append(result)
+    return locals_, errors
 
 
 def region_of(imds: ImdsClient, store: Optional[StateStore], configured: Optional[str]) -> str:
@@ -105,21 +132,31 @@ def ec2_client(config: Any, imds: ImdsClient, store: StateStore, deadline: Deadl
     return make_client(config.aws, region, deadline, store.root, imds_get=imds.get)
 
 
-def fingerprint(actions: Sequence[Action], locals_: Sequence[LocalEni]) -> str:
-    text = json.dumps([[a.describe(), l.mac, l.eni_id] for a, l in zip(actions, locals_)])
+def fingerprint(actions: Sequence[Action], locals_: Sequence[Optional[LocalEni]]) -> str:
+    text = json.dumps([[a.describe(), l and l.mac, l and l.eni_id] for a, l in zip(actions, locals_)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def resolve_targets(ec2: Ec2, plan: Plan, snap: Optional[Snapshot] = None) -> Snapshot:
-    """Fill plan.targets from AWS (one describe per resource kind); returns the snapshot used."""
+    """Fill plan.targets from AWS (one describe per resource kind); returns the snapshot used.
+
+    An action that does not resolve gets its reason in plan.errors."""
+    usable = plan.usable()
     if snap is None:
-        snap = fetch_snapshot(ec2, reads_for(plan.actions, "resolve"), vpc_ids=plan.vpc_ids())
-    plan.targets = [a.resolve(l, snap) for a, l in zip(plan.actions, plan.locals)]
+        snap = fetch_snapshot(ec2, reads_for([plan.actions[i] for i in usable], "resolve"),
+                              vpc_ids=plan.vpc_ids())
+    for i in usable:
+        try:
+            plan.targets[i] = plan.actions[i].resolve(plan.locals[i], snap)
+        except ResolveError as exc:
+            plan.errors[i] = str(exc)
     plan.from_cache = False
     return snap
 
 
 def load_cached_targets(store: StateStore, group: str, plan: Plan) -> bool:
+    if plan.errors:
+        return False
     cached = store.cache_get(f"plan-{group}")
     if not cached or cached.get("fingerprint") != fingerprint(plan.actions, plan.locals):
         return False
@@ -132,7 +169,7 @@ def load_cached_targets(store: StateStore, group: str, plan: Plan) -> bool:
 
 
 def save_targets(store: StateStore, group: str, plan: Plan) -> None:
-    if all(t is not None for t in plan.targets):
+    if not plan.errors and all(t is not None for t in plan.targets):
         store.cache_put(f"plan-{group}", {"fingerprint": fingerprint(plan.actions, plan.locals),
                                           "targets": plan.targets})
 

@@ -5,9 +5,23 @@ group's lock). A MASTER transition checks before every AWS write that it is stil
 group's latest event; once a later one is recorded it starts no further write and exits 0.
 Different groups never share a lock.
 
-Split brain: after writing, MASTER verifies. The instance holding the group's first
-action (the anchor) re-applies whatever else drifted; an instance that finds the anchor
-on another ENI yields (no further write, exit 0, logged) so the group never ends mixed.
+Resolution is per action: an action that cannot be resolved (a missing interface, a
+released Elastic IP) is reported and the others are still applied.
+
+Verification under eventual consistency (docs/consistency.md): EC2's describe calls and
+the metadata service may show the state from before our own writes for up to
+``[aws] consistency-window`` seconds. A read only counts as evidence about an action
+when it cannot predate our last write to it: it started a whole window after that write
+was accepted, or we had already seen our write and two reads in a row show otherwise.
+Until then a difference is "pending" and we wait. With evidence:
+
+* the group's anchor (its first usable action) held by another instance: yield (exit 0,
+  no further write, logged), then hand back whatever our own late writes took from it;
+* any other action pointing elsewhere while we hold the anchor: apply it again.
+
+MASTER succeeds once every action was seen in sync (and the metadata service lists each
+assigned address), twice, a settle interval apart; it fails (exit 1) when its accepted
+writes still do not show at the deadline.
 """
 
 from __future__ import annotations
@@ -18,7 +32,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FuturesTimeout
 from collections import namedtuple
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import EXIT_FAILED, EXIT_OK
 from .actions import Observation, ResolveError, reads_for
@@ -36,10 +50,16 @@ from .logsetup import log
 SETTLE_MIN = 0.05
 SETTLE_MAX = 1.0
 IMDS_CONFIRM_INTERVAL = 0.25
+POLL_MIN = 0.1
+POLL_MAX = 0.5
+FOREIGN_READS = 2  # reads in a row that must disagree after we saw our own write
+
+# What one read says about one action, judged against our own writes.
+IN_SYNC, PENDING, DRIFTED, FOREIGN = "in-sync", "pending", "drifted", "foreign"
 
 
 class Yielded(Exception):
-    """Another instance holds the group's anchor action."""
+    """Another instance holds the group's anchor action (on evidence newer than our writes)."""
 
 
 Outcome = namedtuple("Outcome", "action ok detail seconds")
@@ -56,6 +76,53 @@ def on_aws(imds: ImdsClient) -> Optional[bool]:
     return None if dmi_says_ec2() else False
 
 
+class WriteLedger:
+    """When each of our writes was accepted, and whether a later read showed it.
+
+    This is what tells a stale read (it may predate our write) from evidence."""
+
+    def __init__(self, window: float):
+        self.window = window
+        self.written_at: Dict[int, float] = {}
+        self.seen_at: Dict[int, float] = {}
+        self.disagreeing: Dict[int, int] = {}
+        self.longest_lag = 0.0
+        self._lock = threading.Lock()
+
+    def wrote(self, index: int) -> None:
+        with self._lock:
+            self.written_at[index] = time.monotonic()
+            self.seen_at.pop(index, None)
+            self.disagreeing.pop(index, None)
+
+    def judge(self, index: int, observation: Observation, read_start: float, ours: Sequence[str]) -> str:
+        written = self.written_at.get(index)
+        if observation.in_sync:
+            self.disagreeing.pop(index, None)
+            if written is not None and index not in self.seen_at and read_start >= written:
+                self.seen_at[index] = read_start
+                self.longest_lag = max(self.longest_lag, read_start - written)
+            return IN_SYNC
+        if written is not None and read_start < written + self.window:
+            if index not in self.seen_at:
+                return PENDING  # this read may predate our write
+            self.disagreeing[index] = self.disagreeing.get(index, 0) + 1
+            if self.disagreeing[index] < FOREIGN_READS:
+                return PENDING  # one read after ours may still come from a lagging replica
+        holder = observation.holder
+        return FOREIGN if holder and holder not in ours else DRIFTED
+
+    def settled(self, index: int, now: float) -> bool:
+        """Our last write to ``index`` has shown, or is too old to be still on its way."""
+        written = self.written_at.get(index)
+        return written is None or index in self.seen_at or now >= written + self.window
+
+    def settle_interval(self, slowest_write: float) -> float:
+        """How long to watch after everything showed: the writes' own lag, at least."""
+        quick = min(SETTLE_MAX, max(SETTLE_MIN, 2 * slowest_write))
+        return max(quick, min(self.window, self.longest_lag))
+
+
 class MasterRun:
     def __init__(self, config: Config, group: Group, store: StateStore, seq: int, warm=None):
         self.warm = warm  # fifo mode: clients kept between transitions
@@ -68,18 +135,28 @@ class MasterRun:
         self.ec2: Optional[Ec2] = None
         self.plan: Optional[Plan] = None
         self.slowest_write = 0.0
+        self.ledger = WriteLedger(config.aws.consistency_window)
         self.snapshot = None
+        self._last: Dict[int, Observation] = {}
         self._lock = threading.Lock()
 
     def still_current(self) -> bool:
         return self.store.is_current(self.group.name, self.seq)
 
+    @property
+    def anchor(self) -> int:
+        """The group's first usable action: its holder owns the group in a split brain."""
+        assert self.plan is not None
+        return self.plan.usable()[0]
+
     # -- steps
 
     def prepare(self) -> None:
         actions = self.group.actions
-        locals_ = resolve_locals(self.imds, self.store, actions)
-        self.plan = Plan(actions=actions, locals=locals_)
+        locals_, errors = resolve_locals(self.imds, self.store, actions)
+        self.plan = Plan(actions=actions, locals=locals_, errors=errors)
+        if not self.plan.usable():
+            return
         if self.warm is not None:
             client = self.warm.client_for(self)
         else:
@@ -87,10 +164,7 @@ class MasterRun:
         self.ec2 = Ec2(client, self.deadline, self.still_current)
         log.debug("EC2 client ready")
         if not load_cached_targets(self.store, self.group.name, self.plan):
-            try:
-                resolve_targets(self.ec2, self.plan)
-            except ResolveError as exc:
-                raise PlanError(str(exc)) from None
+            resolve_targets(self.ec2, self.plan)
             save_targets(self.store, self.group.name, self.plan)
 
     def apply_one(self, index: int) -> str:
@@ -98,23 +172,29 @@ class MasterRun:
         action, target = self.plan.actions[index], self.plan.targets[index]
         start = time.monotonic()
         try:
+            detail = self._apply_resolving_stale(index, action, target)
+            self.ledger.wrote(index)
+            return detail
+        finally:
+            with self._lock:
+                self.slowest_write = max(self.slowest_write, time.monotonic() - start)
+
+    def _apply_resolving_stale(self, index: int, action, target) -> str:
+        assert self.plan is not None and self.ec2 is not None
+        try:
             return action.apply(self.ec2, target)
         except AwsError as exc:
             if not (self.plan.from_cache and exc.code in STALE_CODES):
                 raise
-            log.info("group %s: cached %s is stale (%s), resolving again", self.group.name,
-                     action.describe(), exc.code)
-            drop_cached_targets(self.store, self.group.name)
-            snap = fetch_snapshot(self.ec2, action.resolve_reads(), vpc_ids=self.plan.vpc_ids())
-            try:
-                target = action.resolve(self.plan.locals[index], snap)
-            except ResolveError as err:
-                raise PlanError(str(err)) from None
-            self.plan.targets[index] = target
-            return action.apply(self.ec2, target)
-        finally:
-            with self._lock:
-                self.slowest_write = max(self.slowest_write, time.monotonic() - start)
+        log.info("group %s: cached %s is stale, resolving again", self.group.name, action.describe())
+        drop_cached_targets(self.store, self.group.name)
+        snap = fetch_snapshot(self.ec2, action.resolve_reads(), vpc_ids=self.plan.vpc_ids())
+        try:
+            target = action.resolve(self.plan.locals[index], snap)
+        except ResolveError as err:
+            raise PlanError(str(err)) from None
+        self.plan.targets[index] = target
+        return action.apply(self.ec2, target)
 
     def apply_all(self, indexes: Sequence[int]) -> Dict[int, Future]:
         """Apply the given actions concurrently, each after the actions it depends on."""
@@ -128,19 +208,33 @@ class MasterRun:
                 dep.exception()  # wait; a failed dependency does not stop this one
             return self.apply_one(i)
 
-        ordered = sorted(indexes, key=lambda i: sum(actions[i].depends_on(actions[j]) for j in indexes))
-        for i in ordered:
-            deps = [futures[j] for j in ordered if j in futures and actions[i].depends_on(actions[j])]
+        for i in dependency_order(actions, indexes):
+            deps = [futures[j] for j in futures if actions[i].depends_on(actions[j])]
             futures[i] = pool.submit(run, i, deps)
         pool.shutdown(wait=False)
         return futures
 
-    def observe(self, extra_kinds: Sequence[str] = ()) -> List[Observation]:
+    def reapply(self, indexes: Sequence[int]) -> None:
+        for i in indexes:
+            log.info("group %s: %s drifted (%s), applying again", self.group.name,
+                     self.plan.actions[i].describe(), self._last[i].reason)
+        for future in self.apply_all(indexes).values():
+            try:
+                future.result(timeout=max(0.01, self.deadline.remaining()))
+            except FuturesTimeout:
+                raise DeadlineExceeded("a write made during verification was still unanswered "
+                                       "at the deadline") from None
+
+    def observe(self, extra_kinds: Sequence[str] = ()) -> Tuple[float, Dict[int, Observation]]:
+        """One batched read of every usable action; returns when the read started and what it saw."""
         assert self.plan is not None and self.ec2 is not None
-        kinds = tuple(reads_for(self.plan.actions, "observe")) + tuple(extra_kinds)
+        usable = self.plan.usable()
+        kinds = tuple(reads_for([self.plan.actions[i] for i in usable], "observe")) + tuple(extra_kinds)
+        read_start = time.monotonic()
         snap = self.snapshot = fetch_snapshot(self.ec2, kinds, vpc_ids=self.plan.vpc_ids())
-        observations = []
-        for i, (action, local) in enumerate(zip(self.plan.actions, self.plan.locals)):
+        observations: Dict[int, Observation] = {}
+        for i in usable:
+            action, local = self.plan.actions[i], self.plan.locals[i]
             try:
                 fresh = action.resolve(local, snap) if action.resolve_reads() else self.plan.targets[i]
             except ResolveError:
@@ -150,90 +244,146 @@ class MasterRun:
                          action.describe(), fresh, self.plan.targets[i])
                 self.plan.targets[i] = fresh
                 drop_cached_targets(self.store, self.group.name)
-            observations.append(action.observe(snap, self.plan.targets[i]))
-        return observations
+            observations[i] = action.observe(snap, self.plan.targets[i])
+        self._last = observations
+        return read_start, observations
+
+    def judge(self) -> Dict[int, str]:
+        assert self.plan is not None
+        read_start, observations = self.observe()
+        ours = self.plan.eni_ids()
+        return {i: self.ledger.judge(i, o, read_start, ours) for i, o in observations.items()}
 
     def verify(self) -> None:
-        """Re-apply drift until two observations a settle interval apart agree, or yield.
-
-        AssignPrivateIpAddresses is asynchronous on EC2: the group is only confirmed once
-        the metadata service's local-ipv4s also lists each assigned address."""
+        """Watch AWS until the group is confirmed here, re-applying drift, or yield (see module doc)."""
         assert self.plan is not None
-        confirmed = False
+        confirmed_at: Optional[float] = None
+        poll = POLL_MIN
         log.debug("verifying")
         while True:
             if not self.still_current():
                 raise Superseded("verification")
-            observations = self.observe()
-            anchor = observations[0]
-            if not anchor.in_sync and anchor.holder and anchor.holder not in self.plan.eni_ids():
-                raise Yielded(f"{self.plan.actions[0].describe()} is held by {anchor.holder}")
-            drifted = [i for i, o in enumerate(observations) if not o.in_sync]
-            if drifted:
-                confirmed = False
-                for i in drifted:
-                    log.info("group %s: %s drifted (%s), applying again", self.group.name,
-                             self.plan.actions[i].describe(), observations[i].reason)
-                for i, future in self.apply_all(drifted).items():
-                    future.result(timeout=self.deadline.remaining() or 0.01)
-                if self.deadline.expired():
-                    raise DeadlineExceeded("verification did not converge before the deadline")
+            verdicts = self.judge()
+            anchor = verdicts[self.anchor]
+            if anchor == FOREIGN:
+                raise Yielded(f"{self.plan.actions[self.anchor].describe()} is held by "
+                              f"{self._last[self.anchor].holder}")
+            if anchor == IN_SYNC:
+                redo = [i for i, v in verdicts.items() if v in (DRIFTED, FOREIGN)]
+            else:
+                redo = [self.anchor] if anchor == DRIFTED else []
+            if redo:
+                confirmed_at = None
+                self.reapply(redo)
+                poll = POLL_MIN
                 continue
-            unlisted = self.unlisted_in_imds()
-            if unlisted:
-                if self.deadline.remaining() <= IMDS_CONFIRM_INTERVAL:
-                    ip, local = unlisted[0]
-                    raise DeadlineExceeded(f"{ip} assigned to {local.eni_id}, but the metadata service's "
-                                           f"local-ipv4s for {local.mac} did not list it before the deadline")
-                time.sleep(IMDS_CONFIRM_INTERVAL)
+            pending = [i for i, v in verdicts.items() if v != IN_SYNC]
+            if not pending:
+                pending = [i for i, _ in self.unlisted_in_imds()]
+            if pending:
+                confirmed_at = None
+                if self.deadline.remaining() <= poll:
+                    raise DeadlineExceeded(self._not_showing(pending))
+                time.sleep(poll)
+                poll = min(POLL_MAX, poll * 1.5)
                 continue
-            if confirmed:
+            settle = self.ledger.settle_interval(self.slowest_write)
+            now = time.monotonic()
+            if confirmed_at is not None and now - confirmed_at >= settle:
                 return
-            confirmed = True
-            settle = min(SETTLE_MAX, max(SETTLE_MIN, 2 * self.slowest_write))
+            if confirmed_at is None:
+                confirmed_at = now
             if settle >= self.deadline.remaining():
-                return
-            time.sleep(settle)
+                return  # seen in sync; no time left to watch for a competitor's late writes
+            time.sleep(min(settle, POLL_MAX * 2))
+
+    def _not_showing(self, pending: Sequence[int]) -> str:
+        assert self.plan is not None
+        parts = []
+        unlisted = dict(self.unlisted_in_imds())
+        for i in pending:
+            action = self.plan.actions[i]
+            if i in unlisted:
+                local = unlisted[i]
+                parts.append(f"{action.describe()}: assigned to {local.eni_id}, but the metadata service's "
+                             f"local-ipv4s for {local.mac} does not list it")
+            else:
+                parts.append(f"{action.describe()}: {self._last[i].reason or 'not in sync'}")
+        return (f"accepted writes still do not show at the {self.deadline.seconds:g}s deadline: "
+                + "; ".join(parts))
 
     def hand_back(self) -> None:
         """After yielding: give the owner back what our late writes took from it.
 
-        A write of ours still in flight when the owner made its last check can land after
-        it, leaving the group mixed once both have exited. So the instance that yields
-        looks again, after a settle interval, and re-points any action still on its own
-        ENIs to the owner's ENI at the same device index (HA pairs mirror their ENI
-        layouts). Without such an ENI it only logs the drift, which `check` reports."""
+        A write of ours that lands after the owner made its last check would leave the group
+        mixed once both have exited. So the instance that yields waits until each of its own
+        writes has shown (or is older than the consistency window), looks again, and
+        re-points any action still on its own ENIs to the owner's ENI at the same device
+        index (HA pairs mirror their ENI layouts). Without such an ENI it only logs the
+        drift, which `check` reports."""
         assert self.plan is not None
-        time.sleep(min(SETTLE_MAX, max(SETTLE_MIN, 2 * self.slowest_write), self.deadline.remaining()))
-        observations = self.observe(extra_kinds=("enis",))
+        while not all(self.ledger.settled(i, time.monotonic()) for i in self.plan.usable()):
+            if self.deadline.remaining() <= POLL_MAX:
+                break
+            self.judge()
+            time.sleep(POLL_MAX)
+        _, observations = self.observe(extra_kinds=("enis",))
         enis = self.snapshot.enis
-        owner = (enis.get(observations[0].holder or "", {}).get("Attachment") or {}).get("InstanceId")
+        owner = _instance_of(enis, observations[self.anchor].holder)
         ours = set(self.plan.eni_ids())
-        for i, (action, observation) in enumerate(zip(self.plan.actions, observations)):
+        for i, observation in observations.items():
             if observation.holder not in ours:
                 continue
-            index = (enis.get(observation.holder, {}).get("Attachment") or {}).get("DeviceIndex")
-            twins = [e["NetworkInterfaceId"] for e in enis.values()
-                     if owner and (e.get("Attachment") or {}).get("InstanceId") == owner
-                     and (e.get("Attachment") or {}).get("DeviceIndex") == index]
-            if len(twins) != 1:
-                log.error("group %s: %s still points here but the owner %s has no ENI at device index %s; "
-                          "left as is (check reports it)", self.group.name, action.describe(), owner, index)
+            action = self.plan.actions[i]
+            twin = twin_eni(enis, owner, observation.holder)
+            if twin is None:
+                log.error("group %s: %s still points here but the owner %s has no ENI at the same device "
+                          "index; left as is (check reports it)", self.group.name, action.describe(), owner)
                 continue
-            target = dict(self.plan.targets[i], eni=twins[0])
             log.warning("group %s: %s landed after the owner's check: handing it back to %s of %s",
-                        self.group.name, action.describe(), twins[0], owner)
-            action.apply(self.ec2, target)
+                        self.group.name, action.describe(), twin, owner)
+            action.apply(self.ec2, dict(self.plan.targets[i], eni=twin))
 
     def unlisted_in_imds(self) -> List:
+        """(index, local ENI) of each assigned address the metadata service does not list yet."""
         from .actions import AssignPrivateIp
 
         assert self.plan is not None
         missing = []
-        for action, local in zip(self.plan.actions, self.plan.locals):
+        for i in self.plan.usable():
+            action, local = self.plan.actions[i], self.plan.locals[i]
             if isinstance(action, AssignPrivateIp) and action.ip not in self.imds.local_ipv4s(local.mac):
-                missing.append((action.ip, local))
+                missing.append((i, local))
         return missing
+
+
+def dependency_order(actions: Sequence, indexes: Sequence[int]) -> List[int]:
+    """``indexes`` ordered so that every action comes after those it depends on (topological;
+    configuration order among independent ones). A dependency cycle keeps configuration order."""
+    remaining = list(indexes)
+    ordered: List[int] = []
+    while remaining:
+        ready = [i for i in remaining
+                 if not any(actions[i].depends_on(actions[j]) for j in remaining if j != i)]
+        if not ready:  # a cycle: cannot happen with today's action types; never hang on one
+            ordered.extend(remaining)
+            break
+        ordered.extend(ready)
+        remaining = [i for i in remaining if i not in ready]
+    return ordered
+
+
+def _instance_of(enis: Dict[str, dict], eni_id: Optional[str]) -> Optional[str]:
+    return (enis.get(eni_id or "", {}).get("Attachment") or {}).get("InstanceId")
+
+
+def twin_eni(enis: Dict[str, dict], owner: Optional[str], our_eni: Optional[str]) -> Optional[str]:
+    """The ENI of instance ``owner`` at the device index ``our_eni`` has on our instance."""
+    index = (enis.get(our_eni or "", {}).get("Attachment") or {}).get("DeviceIndex")
+    twins = [e["NetworkInterfaceId"] for e in enis.values()
+             if owner and (e.get("Attachment") or {}).get("InstanceId") == owner
+             and (e.get("Attachment") or {}).get("DeviceIndex") == index]
+    return twins[0] if len(twins) == 1 else None
 
 
 def run_master(config: Config, group: Group, store: StateStore) -> int:
@@ -258,90 +408,129 @@ def _record_interruption(store: StateStore, group: str, seq: int) -> None:
 
 def run_master_seq(config: Config, group: Group, store: StateStore, seq: int, warm=None) -> int:
     """Apply ``group`` as its recorded MASTER transition ``seq``, all within the deadline."""
-    run = MasterRun(config, group, store, seq, warm)
-    name = group.name
+    return run_under_deadline(MasterRun(config, group, store, seq, warm))
+
+
+def run_under_deadline(run: MasterRun) -> int:
+    """Run a MasterRun in a worker thread; whatever the network does, it ends at the deadline."""
+    name = run.group.name
     result: Dict[str, object] = {}
 
     def work() -> None:
         try:
-            result["code"] = _master_body(run)
-        except BaseException as exc:  # reported by the waiting thread
+            result["code"] = master_body(run)
+        except BaseException as exc:  # reported below, never lost
             result["error"] = exc
 
     worker = threading.Thread(target=work, name="master", daemon=True)
     worker.start()
     worker.join(timeout=run.deadline.remaining() + 0.5)
     if worker.is_alive():
-        detail = f"deadline of {config.aws.deadline:g}s reached"
-        log.error("group %s: MASTER failed: %s", name, detail)
-        store.finish(name, seq, "failed", detail)
-        return EXIT_FAILED
+        return _failed(run, f"deadline of {run.config.aws.deadline:g}s reached")
     if "error" in result:
-        raise result["error"]  # type: ignore[misc]
+        exc = result["error"]
+        log.error("group %s: MASTER failed unexpectedly: %s", name, _failure_text(exc))  # type: ignore[arg-type]
+        run.store.finish(name, run.seq, "failed", f"unexpected: {_failure_text(exc)}")  # type: ignore[arg-type]
+        return EXIT_FAILED
     return int(result["code"])  # type: ignore[arg-type]
 
 
-def _master_body(run: MasterRun) -> int:
-    name, store, seq = run.group.name, run.store, run.seq
-    log.debug("group %s: MASTER transition %d recorded", name, seq)
-    try:
-        presence = on_aws(run.imds)
-    except ImdsError as exc:
-        log.error("group %s: MASTER failed: %s", name, exc)
-        store.finish(name, seq, "failed", str(exc))
-        return EXIT_FAILED
-    if presence is False:
-        log.info("group %s: not running on AWS (no instance metadata service), nothing to do", name)
-        store.finish(name, seq, "not-on-aws")
-        return EXIT_OK
-    if presence is None:
-        detail = (f"this is an EC2 instance (DMI) but the metadata service at {run.imds.endpoint} "
-                  "does not answer (IMDSv2 disabled, hop limit, or firewall?)")
-        log.error("group %s: MASTER failed: %s", name, detail)
-        store.finish(name, seq, "failed", detail)
-        return EXIT_FAILED
+def _failed(run: MasterRun, detail: str) -> int:
+    log.error("group %s: MASTER failed: %s", run.group.name, detail)
+    run.store.finish(run.group.name, run.seq, "failed", detail)
+    return EXIT_FAILED
+
+
+def master_body(run: MasterRun) -> int:
+    """The MASTER transition's steps: presence, resolution, writes, verification."""
+    log.debug("group %s: MASTER transition %d recorded", run.group.name, run.seq)
+    early = _check_presence(run)
+    if early is not None:
+        return early
     try:
         run.prepare()
     except (PlanError, ImdsError, AwsError, DeadlineExceeded) as exc:
-        log.error("group %s: MASTER failed: %s", name, exc)
-        store.finish(name, seq, "failed", str(exc))
-        return EXIT_FAILED
+        return _failed(run, str(exc))
     except Superseded:
         return _superseded(run)
     assert run.plan is not None
     log.debug("plan ready%s", " (cached)" if run.plan.from_cache else "")
+    outcomes, superseded = _apply_usable(run)
+    if superseded:
+        return _superseded(run)
+    failed = [o for o in outcomes if not o.ok]
+    applied = [o for o in outcomes if o.ok]
+    if not applied:
+        return _failed(run, "; ".join(f"{o.action.describe()}: {o.detail}" for o in failed))
+    code = _verify(run)
+    if code is not None:
+        return code
+    if failed:
+        return _failed(run, "; ".join(f"{o.action.describe()}: {o.detail}" for o in failed))
+    save_targets(run.store, run.group.name, run.plan)
+    if "botocore" in sys.modules:  # only the botocore client needs it; checking would import botocore
+        keep_trimmed_model(run.store)
+    log.info("group %s: MASTER done, %d action(s) in sync, %s", run.group.name, len(applied),
+             _ms(run.deadline.elapsed()))
+    run.store.finish(run.group.name, run.seq, "ok")
+    return EXIT_OK
+
+
+def _check_presence(run: MasterRun) -> Optional[int]:
+    """Exit status when this is no AWS instance or the metadata service fails; None to go on."""
+    name = run.group.name
+    try:
+        presence = on_aws(run.imds)
+    except ImdsError as exc:
+        return _failed(run, str(exc))
+    if presence is False:
+        log.info("group %s: not running on AWS (no instance metadata service), nothing to do", name)
+        run.store.finish(name, run.seq, "not-on-aws")
+        return EXIT_OK
+    if presence is None:
+        return _failed(run, f"this is an EC2 instance (DMI) but the metadata service at {run.imds.endpoint} "
+                            "does not answer (IMDSv2 disabled, hop limit, or firewall?)")
+    return None
+
+
+def _apply_usable(run: MasterRun) -> Tuple[List[Outcome], bool]:
+    """Write every usable action; report one line per action (unresolvable ones included)."""
+    assert run.plan is not None
     started = time.monotonic()
-    futures = run.apply_all(range(len(run.plan.actions)))
-    outcomes: List[Outcome] = []
+    outcomes: Dict[int, Outcome] = {i: Outcome(run.plan.actions[i], False, f"not applied: {why}", 0.0)
+                                    for i, why in run.plan.errors.items()}
     superseded = False
+    futures = run.apply_all(run.plan.usable())
     for i, future in sorted(futures.items()):
         action = run.plan.actions[i]
         try:
             detail = future.result(timeout=max(0.01, run.deadline.remaining()))
-            outcomes.append(Outcome(action, True, f"{detail} ({run.plan.targets[i]['eni']})",
-                                    time.monotonic() - started))
+            outcomes[i] = Outcome(action, True, f"{detail} ({run.plan.targets[i]['eni']})",
+                                  time.monotonic() - started)
         except Superseded:
             superseded = True
-            outcomes.append(Outcome(action, False, "not applied: superseded", time.monotonic() - started))
+            outcomes[i] = Outcome(action, False, "not applied: superseded", time.monotonic() - started)
         except FuturesTimeout:
-            outcomes.append(Outcome(action, False, f"not finished at the {run.deadline.seconds:g}s deadline",
-                                    time.monotonic() - started))
+            outcomes[i] = Outcome(action, False, f"not finished at the {run.deadline.seconds:g}s deadline",
+                                  time.monotonic() - started)
         except Exception as exc:  # every failure is reported, none stops the others
-            outcomes.append(Outcome(action, False, _failure_text(exc), time.monotonic() - started))
-    for o in outcomes:
-        (log.info if o.ok else log.error)("group %s: %s: %s in %s", name, o.action.describe(),
+            outcomes[i] = Outcome(action, False, _failure_text(exc), time.monotonic() - started)
+    for i, o in sorted(outcomes.items()):
+        (log.info if o.ok else log.error)("group %s: %s: %s in %s", run.group.name, o.action.describe(),
                                          o.detail if o.ok else f"FAILED: {o.detail}", _ms(o.seconds))
-    if superseded:
-        return _superseded(run)
-    failed = [o for o in outcomes if not o.ok]
-    if failed:
-        store.finish(name, seq, "failed", "; ".join(f"{o.action.describe()}: {o.detail}" for o in failed))
-        return EXIT_FAILED
+        if not o.ok:  # verify only what was written: a failed write is reported, never waited for
+            run.plan.errors.setdefault(i, o.detail)
+    return [o for _, o in sorted(outcomes.items())], superseded
+
+
+def _verify(run: MasterRun) -> Optional[int]:
+    """Verification and its outcomes; None when the group is confirmed here."""
+    name = run.group.name
     try:
         run.verify()
     except Yielded as exc:
         log.warning("group %s: another instance owns the group (%s); yielding", name, exc)
-        store.finish(name, seq, "yielded", str(exc))
+        run.store.finish(name, run.seq, "yielded", str(exc))
         try:
             run.hand_back()
         except (Superseded, AwsError, ImdsError, PlanError, DeadlineExceeded) as err:
@@ -350,16 +539,8 @@ def _master_body(run: MasterRun) -> int:
     except Superseded:
         return _superseded(run)
     except (AwsError, ImdsError, PlanError, DeadlineExceeded) as exc:
-        log.error("group %s: MASTER verification failed: %s", name, _failure_text(exc))
-        store.finish(name, seq, "failed", f"verification: {_failure_text(exc)}")
-        return EXIT_FAILED
-    save_targets(store, name, run.plan)
-    if "botocore" in sys.modules:  # only the botocore client needs it; checking would import botocore
-        keep_trimmed_model(store)
-    log.info("group %s: MASTER done, %d action(s) in sync, %s", name, len(outcomes),
-             _ms(run.deadline.elapsed()))
-    store.finish(name, seq, "ok")
-    return EXIT_OK
+        return _failed(run, f"verification: {_failure_text(exc)}")
+    return None
 
 
 def _superseded(run: MasterRun) -> int:
@@ -374,16 +555,13 @@ def _failure_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-
-
 def repair_group(config: Config, group: Group, store: StateStore) -> int:
     """check --repair: re-apply a group recorded MASTER, as the transition it recorded."""
     record = store.read(group.name) or {}
     if record.get("state") != "MASTER":
         return EXIT_OK
     log.info("group %s: recorded MASTER but drifted: repairing", group.name)
-    run = MasterRun(config, group, store, int(record.get("seq", 0)))
-    return _master_body(run)
+    return run_under_deadline(MasterRun(config, group, store, int(record.get("seq", 0))))
 
 
 def prepare_group(config: Config, group: Group, store: StateStore) -> None:
@@ -393,4 +571,4 @@ def prepare_group(config: Config, group: Group, store: StateStore) -> None:
     if run.imds.available():
         run.prepare()
         if "botocore" in sys.modules:  # the standard-library client needs no botocore model
-            keep_trimmed_model(store)
+            keep_trimmed_model(run.store)

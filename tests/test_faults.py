@@ -115,7 +115,7 @@ def test_unconfirmed_assignment_is_reported(routers, run_tool):
     r1.imds.overrides[key] = r1.addrs["eth0"]
     proc = run_tool(r1, "master", "VI_1", config=cfg(assign(), deadline=2))
     assert proc.returncode == 1
-    assert "did not list it" in proc.stderr and "local-ipv4s" in proc.stderr
+    assert "does not list it" in proc.stderr and "local-ipv4s" in proc.stderr
 
 
 # ---------------------------------------------------------------- races
