@@ -43,8 +43,10 @@ def _prepared(store: StateStore, group: str) -> bool:
         return False
 
 
-def _prepare_in_background(cfg: Config, group, store: StateStore) -> None:
-    """Resolve, in a detached child, what the next MASTER of ``group`` needs (reads only).
+def _in_background(cfg: Config, group, store: StateStore, seq: int, prepare: bool, release: bool) -> None:
+    """In a detached child: resolve what the next MASTER of ``group`` needs (reads only), and
+    after MASTER -> BACKUP hand to the peer what still points here one consistency window
+    later (transition.release_group).
 
     keepalived does not wait for it and the transition's exit does not depend on it."""
     try:
@@ -58,11 +60,22 @@ def _prepare_in_background(cfg: Config, group, store: StateStore) -> None:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        from .transition import prepare_group
+        import time
 
-        prepare_group(cfg, group, store)
-    except BaseException:  # nobody to report to; the next MASTER resolves for itself
-        pass
+        from .transition import prepare_group, release_delay, release_group
+
+        if prepare:
+            try:
+                prepare_group(cfg, group, store)
+            except Exception:  # nobody to report to; the next MASTER resolves for itself
+                pass
+        if release:
+            time.sleep(release_delay(cfg))
+            if store.is_current(group.name, seq):
+                release_group(cfg, group, store, seq)
+    except BaseException as exc:  # stderr is /dev/null here: syslog is the only witness
+        log.error("group %s: background work after %s failed: %s", group.name,
+                  (store.read(group.name) or {}).get("state"), exc or type(exc).__name__)
     finally:
         os._exit(0)
 
@@ -89,10 +102,13 @@ def transition(config: Optional[str], state: Optional[str], verbosity: int, new_
     try:
         store = StateStore(state_dir(state)).ensure()
         if new_state != "MASTER":
-            store.record(group.name, new_state)
+            previous = (store.read(group.name) or {}).get("state")
+            seq = store.record(group.name, new_state)
             log.info("group %s: %s recorded (no AWS write)", group.name, new_state)
-            if cfg.aws.prepare and not _prepared(store, group.name):
-                _prepare_in_background(cfg, group, store)
+            prepare = cfg.aws.prepare and not _prepared(store, group.name)
+            release = new_state == "BACKUP" and previous == "MASTER"
+            if prepare or release:
+                _in_background(cfg, group, store, seq, prepare, release)
             return EXIT_OK
         from .transition import run_master
 
@@ -208,8 +224,9 @@ def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: 
     reports = observe_groups(cfg, store, imds, deadline)
     if repair:
         # a group that yielded to another instance (split brain) is not taken back here
+        # a group still within the consistency window of its transition is converging, not drifted
         drifted = [r.name for r in reports if r.state == "MASTER" and r.check()[0] != 0 and not r.error
-                   and (store.read(r.name) or {}).get("outcome") != "yielded"]
+                   and not r.converging and (store.read(r.name) or {}).get("outcome") != "yielded"]
         if drifted:
             from .transition import repair_group
 

@@ -7,6 +7,7 @@ number of calls does not grow with the number of groups and actions.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -20,6 +21,7 @@ from .state import StateStore, write_atomic
 
 
 INDENT = "    "
+CONVERGING = "converging: the last transition is within the consistency window"
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 IDENTITY_KEYS = (("account-id", "accountId"), ("architecture", "architecture"),
@@ -53,6 +55,7 @@ class GroupReport:
     state: Optional[str]
     actions: List[ActionReport] = field(default_factory=list)
     error: Optional[str] = None
+    converging: bool = False  # the last transition is younger than the consistency window
 
     @property
     def in_sync(self) -> bool:
@@ -69,9 +72,13 @@ class GroupReport:
             if self.in_sync:
                 return OK, f"MASTER, {count}"
             reasons = "; ".join(a.reason for a in self.actions if not a.in_sync)
+            if self.converging:
+                return WARNING, f"MASTER but {count} ({CONVERGING}): {reasons}"
             return CRITICAL, f"MASTER but {count}: {reasons}"
         if synced:
             held = "; ".join(a.action.describe() for a in self.actions if a.in_sync)
+            if self.converging:
+                return WARNING, f"{self.state} but AWS still points here ({CONVERGING}): {held}"
             return WARNING, f"{self.state} but AWS still points here: {held}"
         return OK, f"{self.state}, {count}"
 
@@ -85,9 +92,20 @@ def require_aws(imds: ImdsClient) -> None:
     raise NotOnAws()
 
 
-def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline: Deadline) -> List[GroupReport]:
-    groups = [config.groups[n] for n in sorted(config.groups)]
-    reports = [GroupReport(g.name, (store.read(g.name) or {}).get("state")) for g in groups]
+def _group_report(name: str, record: Optional[Dict[str, Any]], window: float) -> GroupReport:
+    """The report skeleton from the group's record: its state, and whether AWS may still be
+    catching up with it (a write may take up to the consistency window to show)."""
+    record = record or {}
+    times = [t for t in (record.get("time"), record.get("finished"), record.get("written"))
+             if isinstance(t, (int, float)) and t == t]
+    converging = bool(times) and time.time() - max(times) < window
+    return GroupReport(name, record.get("state"), converging=converging)
+
+
+def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline: Deadline,
+                   names: Optional[Sequence[str]] = None) -> List[GroupReport]:
+    groups = [config.groups[n] for n in sorted(config.groups) if names is None or n in names]
+    reports = [_group_report(g.name, store.read(g.name), config.aws.consistency_window) for g in groups]
     pending: List[Tuple[ActionReport, Any]] = []
     for group, report in zip(groups, reports):
         for action in group.actions:

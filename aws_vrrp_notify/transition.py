@@ -139,6 +139,8 @@ class MasterRun:
         self.snapshot = None
         self._last: Dict[int, Observation] = {}
         self._lock = threading.Lock()
+        self.only: Optional[List[int]] = None  # re-assert: write only these (the drifted ones)
+        self.purpose = "MASTER"
 
     def still_current(self) -> bool:
         return self.store.is_current(self.group.name, self.seq)
@@ -470,8 +472,8 @@ def master_body(run: MasterRun) -> int:
     save_targets(run.store, run.group.name, run.plan)
     if "botocore" in sys.modules:  # only the botocore client needs it; checking would import botocore
         keep_trimmed_model(run.store)
-    log.info("group %s: MASTER done, %d action(s) in sync, %s", run.group.name, len(applied),
-             _ms(run.deadline.elapsed()))
+    log.info("group %s: %s done, %d action(s) in sync, %s", run.group.name, run.purpose,
+             len(run.plan.usable()), _ms(run.deadline.elapsed()))
     run.store.finish(run.group.name, run.seq, "ok")
     return EXIT_OK
 
@@ -500,7 +502,8 @@ def _apply_usable(run: MasterRun) -> Tuple[List[Outcome], bool]:
     outcomes: Dict[int, Outcome] = {i: Outcome(run.plan.actions[i], False, f"not applied: {why}", 0.0)
                                     for i, why in run.plan.errors.items()}
     superseded = False
-    futures = run.apply_all(run.plan.usable())
+    usable = run.plan.usable()
+    futures = run.apply_all([i for i in usable if run.only is None or i in run.only])
     for i, future in sorted(futures.items()):
         action = run.plan.actions[i]
         try:
@@ -562,6 +565,103 @@ def repair_group(config: Config, group: Group, store: StateStore) -> int:
         return EXIT_OK
     log.info("group %s: recorded MASTER but drifted: repairing", group.name)
     return run_under_deadline(MasterRun(config, group, store, int(record.get("seq", 0))))
+
+
+def reassert_groups(config: Config, groups: Sequence[Group], store: StateStore, warm=None,
+                    take_over: bool = False) -> int:
+    """Re-apply what drifted in groups recorded MASTER: one batched read for all of them, then
+    one run per drifted group (writing only its drifted actions, then verifying as a MASTER
+    does). Groups within the consistency window of their last transition are left to it,
+    unless ``take_over`` (keepalived's MASTER_RX_LOWER_PRI: the peer believed it was master)."""
+    from .report import observe_groups
+
+    deadline = Deadline(config.aws.deadline)
+    imds = ImdsClient(deadline=deadline)
+    if not imds.available():
+        return EXIT_OK
+    names = {g.name for g in groups}
+    code = EXIT_OK
+    for report in observe_groups(config, store, imds, deadline, names=names):
+        record = store.read(report.name) or {}
+        if record.get("state") != "MASTER" or report.error or report.in_sync:
+            if report.error:
+                log.warning("group %s: cannot re-check AWS: %s", report.name, report.error)
+            continue
+        if report.converging and not take_over:
+            continue
+        drifted = [i for i, a in enumerate(report.actions) if not a.in_sync]
+        reasons = "; ".join(report.actions[i].reason for i in drifted)
+        log.warning("group %s: recorded MASTER but AWS drifted (%s): re-asserting", report.name, reasons)
+        run = MasterRun(config, config.groups[report.name], store, int(record.get("seq", 0)), warm)
+        run.only, run.purpose = drifted, "re-assert"
+        if run_under_deadline(run) != EXIT_OK:
+            code = EXIT_FAILED
+    return code
+
+
+def release_delay(config: Config) -> float:
+    """After MASTER -> BACKUP, wait until every write either side made can have shown."""
+    return config.aws.consistency_window + 1.0
+
+
+def release_group(config: Config, group: Group, store: StateStore, seq: int) -> None:
+    """After MASTER -> BACKUP: hand to the peer whatever of the group still points here.
+
+    keepalived reports BACKUP when a higher-priority master is heard, so after a brief split
+    brain (a partition, or both routers starting at once) the peer is MASTER and may have
+    been told nothing new, while AWS still points here. The peer is the one other instance
+    with an ENI in the same subnet at the same device index as each of this group's ENIs
+    (HA pairs mirror their layouts); without exactly one such instance nothing is written
+    and `check` reports the drift. Any later transition of the group stops it."""
+    run = MasterRun(config, group, store, seq)
+    run.purpose = "hand-back"
+    if not run.imds.available():
+        return
+    run.prepare()
+    if run.plan is None or not run.plan.usable() or run.ec2 is None:
+        return
+    _, observations = run.observe(extra_kinds=("enis",))
+    ours = set(run.plan.eni_ids())
+    here = {i: o for i, o in observations.items() if o.holder in ours}
+    if not here:
+        return
+    enis = run.snapshot.enis
+    peer = peer_instance(enis, [run.plan.locals[i].eni_id for i in run.plan.usable()])
+    if peer is None:
+        log.error("group %s: BACKUP but AWS still points here, and no single peer instance mirrors this "
+                  "instance's ENIs; left as is (check reports it)", group.name)
+        return
+    for i in sorted(here):
+        action = run.plan.actions[i]
+        twin = twin_eni(enis, peer, here[i].holder)
+        if twin is None:
+            continue
+        log.warning("group %s: BACKUP but %s still points here: handing it to %s of %s (the VRRP master)",
+                    group.name, action.describe(), twin, peer)
+        try:
+            action.apply(run.ec2, dict(run.plan.targets[i], eni=twin))
+        except Superseded:
+            return
+    store.finish(group.name, seq, "handed-back", f"to {peer}")
+
+
+def peer_instance(enis: Dict[str, dict], our_enis: Sequence[str]) -> Optional[str]:
+    """The one other instance with an ENI in the same subnet at the same device index as each
+    of ``our_enis``; None when there is no such instance or more than one."""
+    ours = [enis.get(e) for e in our_enis]
+    if not ours or any(e is None for e in ours):
+        return None
+    self_id = _instance_of(enis, our_enis[0])
+    candidates = None
+    for eni in ours:
+        index = (eni.get("Attachment") or {}).get("DeviceIndex")
+        matching = {_instance_of(enis, e["NetworkInterfaceId"]) for e in enis.values()
+                    if e.get("SubnetId") == eni.get("SubnetId")
+                    and (e.get("Attachment") or {}).get("DeviceIndex") == index}
+        matching.discard(self_id)
+        matching.discard(None)
+        candidates = matching if candidates is None else candidates & matching
+    return next(iter(candidates)) if candidates and len(candidates) == 1 else None
 
 
 def prepare_group(config: Config, group: Group, store: StateStore) -> None:

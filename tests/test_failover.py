@@ -15,10 +15,13 @@ import pytest
 VIP = "10.0.1.100"
 
 
-def cfg(*actions: str, group: str = "VI_1", deadline: float = 20, prepare: bool = False) -> str:
+def cfg(*actions: str, group: str = "VI_1", deadline: float = 20, prepare: bool = False,
+        window: float | None = None) -> str:
     """A configuration; background preparation after BACKUP is off unless a test is about it
-    (its detached reads would land in later tests' call counts)."""
-    return (f"[aws]\ndeadline = {deadline}\nprepare = {str(prepare).lower()}\n[groups.{group}]\n"
+    (its detached reads would land in later tests' call counts). ``window``: [aws]
+    consistency-window (default: the tool's own)."""
+    extra = f"consistency-window = {window}\n" if window is not None else ""
+    return (f"[aws]\ndeadline = {deadline}\nprepare = {str(prepare).lower()}\n{extra}[groups.{group}]\n"
             + "\n".join(actions))
 
 

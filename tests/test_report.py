@@ -12,8 +12,9 @@ import pytest
 from test_failover import VIP, assign, cfg, eip, ok, route
 
 
-def two_actions(topo):
-    return cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]))
+def two_actions(topo, window=0):
+    """No consistency window by default: moto shows writes at once unless a test lags it."""
+    return cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]), window=window)
 
 
 def test_status_instance_text_and_json(routers, run_tool):
@@ -133,6 +134,22 @@ def test_check_outcomes(routers, run_tool):
     data = json.loads(proc.stdout)
     assert data["status"] == "CRITICAL" and data["groups"][0]["status"] == "CRITICAL"
     assert [a["in-sync"] for a in data["groups"][0]["actions"]] == [True, False]
+
+
+def test_check_within_the_consistency_window_is_converging_not_critical(routers, run_tool):
+    r1, topo = routers.r1, routers.topology
+    config = two_actions(topo, window=30)
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    routers.cloud.ec2.replace_route(RouteTableId=topo.route_tables["wan"], DestinationCidrBlock="0.0.0.0/0",
+                                    NetworkInterfaceId=routers.r2.eni("eth1"))
+    proc = run_tool(r1, "check", config=config)
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stdout.startswith("VI_1 WARNING: MASTER but 1/2 actions point here (converging")
+    proc = run_tool(r1, "check", "--repair", config=config)  # converging: left to the transition
+    assert proc.returncode == 1
+    assert routers.cloud.route_target(topo.route_tables["wan"], "0.0.0.0/0") == routers.r2.eni("eth1")
+    proc = run_tool(r1, "check", config=two_actions(topo, window=0))
+    assert proc.returncode == 2 and proc.stdout.startswith("VI_1 CRITICAL: MASTER but 1/2 actions point here")
 
 
 def test_check_unknown_on_bad_config(routers, run_tool):
