@@ -208,6 +208,37 @@ def test_unknown_interface_is_a_runtime_error(routers, run_tool):
     assert routers.cloud.who_holds(VIP) == []
 
 
+def test_one_unresolvable_action_does_not_stop_the_others(routers, run_tool):
+    """A renamed interface or a released Elastic IP must not keep the VIP from moving."""
+    aws, topo, r1 = routers.cloud, routers.topology, routers.r1
+    config = cfg(assign(interface="eth9"), route(subnet=topo.subnet_cidrs["wan"]),
+                 eip(public_ip="198.51.100.77"), assign(ip="10.0.1.101"))
+    proc = run_tool(r1, "master", "VI_1", config=config)
+    assert proc.returncode == 1
+    assert "interface eth9 does not exist" in proc.stderr
+    assert "no Elastic IP 198.51.100.77" in proc.stderr
+    assert aws.route_target(topo.route_tables["wan"], "0.0.0.0/0") == r1.eni("eth1")
+    assert aws.who_holds("10.0.1.101") == [r1.eni("eth0")]
+    rec = record(run_tool, r1)
+    assert rec["outcome"] == "failed" and "eth9" in rec["detail"] and "198.51.100.77" in rec["detail"]
+
+
+def test_dependency_order_is_topological():
+    from aws_vrrp_notify.actions import AssignPrivateIp, AssociateAddress, ChangeRoute
+    from aws_vrrp_notify.transition import dependency_order
+
+    eip_a = AssociateAddress(allocation_id="eipalloc-1", interface="eth0", private_ip="10.0.1.5", vrf="main")
+    eip_b = AssociateAddress(allocation_id="eipalloc-2", interface="eth0", private_ip="10.0.1.6", vrf="main")
+    ip_a = AssignPrivateIp(ip="10.0.1.5", interface="eth0", vrf="main")
+    ip_b = AssignPrivateIp(ip="10.0.1.6", interface="eth0", vrf="main")
+    rt = ChangeRoute(route_table="rtb-1", destination="0.0.0.0/0", interface="eth1", vrf="main")
+    actions = [eip_a, eip_b, rt, ip_b, ip_a]
+    order = dependency_order(actions, range(len(actions)))
+    assert sorted(order) == [0, 1, 2, 3, 4]
+    assert order.index(4) < order.index(0) and order.index(3) < order.index(1)
+    assert order[:3] == [2, 3, 4]  # independent ones first, in configuration order
+
+
 def test_missing_vrf_is_a_runtime_error_and_not_created(routers, run_tool):
     name = f"{routers.prefix}-nosuchvrf"
     proc = run_tool(routers.r1, "master", "VI_1", config=cfg(assign(interface="ens9", vrf=name)))
