@@ -75,6 +75,7 @@ def lag(aws):
 
     yield set_lag
     aws.clear_lag()
+    aws.discard_pending()
 
 
 def _profile_names():
@@ -88,6 +89,7 @@ def lag_profile(request, aws):
     aws.set_lag(request.param)
     yield request.param
     aws.clear_lag()
+    aws.discard_pending()
 
 
 # --------------------------------------------------------------------------- namespaces

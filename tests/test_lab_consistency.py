@@ -70,6 +70,8 @@ def test_lag_specs_and_profiles():
         parse_lag({"DescribeRouteTables": 1})
     with pytest.raises(ValueError, match="between 0 and 600"):
         parse_lag(-1)
+    with pytest.raises(ValueError, match="neither seconds, a profile nor a mapping"):
+        parse_lag(True)
     assert describe_lag({}) == "none" and describe_lag({"*": 0.5}) == "every write 0.5 s"
     assert describe_lag({"ReplaceRoute": 2.0, "*": 0.1}) == "ReplaceRoute 2 s, every other write 0.1 s"
 
@@ -482,3 +484,17 @@ def test_lab_cli_rejects_a_bad_lag():
     assert proc.returncode == 2
     assert "--lag: lag 'soon' is neither seconds nor a profile (all-0.5, all-2, ip-2-rest-0.1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_tool_without_keys_signs_with_the_role_of_its_instance(routers, run_tool):
+    """The IMDS emulator inside the router namespace is enough for the tool's credentials."""
+    r1 = routers.r1
+    config = ('[aws]\ndeadline = 20\nprepare = false\n[groups.VI_1]\n'
+              f'[[groups.VI_1.assign-private-ip]]\nip = "{VIP}"\ninterface = "eth0"\n')
+    proc = run_tool(r1, "master", "VI_1", config=config,
+                    env={"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None})
+    assert proc.returncode == 0, proc.stderr
+    assert routers.cloud.who_holds(VIP) == [r1.eni("eth0")]
+    creds = r1.imds.profile.current()
+    signers = {(c.access_key, c.session_token) for c in routers.cloud.calls() if c.action}
+    assert signers == {(creds.access_key_id, creds.token)}

@@ -15,7 +15,9 @@ moto's own recorder (``/moto-api/recorder/*`` endpoints, file in a private
 temporary directory) and an in-memory log of parsed EC2 query requests, which
 :meth:`Cloud.count_actions` reads.  Requests made by the harness itself (the
 ``Cloud.ec2`` client; its User-Agent carries :data:`HARNESS_UA`) are left out of
-the counts unless asked for.
+the counts unless asked for; ``cloud.client(tool=True)`` makes a client whose calls
+are treated as the tool's.  moto's recorder sees a lagged write when it lands and
+never sees a throttled call; the in-memory log sees both when they are made.
 
 EC2's eventual consistency (:mod:`.consistency`, docs/lab.md)::
 
@@ -414,6 +416,10 @@ class Cloud:
         """Block until every accepted write has landed in moto (TimeoutError otherwise)."""
         self._consistency.settle(timeout)
 
+    def discard_pending(self) -> list[PendingWrite]:
+        """Drop the writes accepted and not landed yet (they never reach moto); returns them."""
+        return self._consistency.discard()
+
     def pending_writes(self) -> list[PendingWrite]:
         """Writes accepted and not landed yet, in acceptance order."""
         return self._consistency.pending()
@@ -461,6 +467,9 @@ class Cloud:
     # ------------------------------------------------------------------ counting
     def count_actions(self, *, listener: str | None = None, include_harness: bool = False) -> collections.Counter:
         """EC2 calls per Action since the last reset_counts() (tool calls only by default).
+
+        A lagged write counts from the moment it is accepted; a throttled call counts too
+        (it was made: see ``throttled`` for how many were refused).
 
         ``listener`` restricts to one listener: "root" or a namespace name given
         to serve_moto_in (i.e. which router made the call)."""
@@ -603,7 +612,7 @@ class Cloud:
         throttling are turned off."""
         self.clear_lag()
         self._throttle = None
-        self._consistency.discard()
+        self.discard_pending()
         if self.topology is None:
             self.reset_counts()
             return

@@ -55,6 +55,8 @@ def parse_lag(spec: LagSpec) -> dict[str, float]:
             return _checked({"*": float(spec)})
         except ValueError:
             raise ValueError(f"lag {spec!r} is neither seconds nor a profile ({', '.join(PROFILES)})") from None
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"lag {spec!r} is neither seconds, a profile nor a mapping of action to seconds")
     return _checked({str(k): float(v) for k, v in spec.items()})
 
 

@@ -13,6 +13,9 @@ class               capacity  refill per s
 ``mutating``        50        5     every other write (routes, Elastic IPs, ...)
 ``non-mutating``    100       20    Describe*, Get*, List*
 ==================  ========  ==============
+
+Not modelled: EC2's separate, smaller bucket for unfiltered DescribeNetworkInterfaces
+calls, and per-resource rate limits.
 """
 
 from __future__ import annotations
