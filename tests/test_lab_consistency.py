@@ -468,6 +468,9 @@ def test_throttled_calls_get_request_limit_exceeded(aws, tool):
     assert aws.route_target(t.route_tables["wan"], "0.0.0.0/0") == e1  # the throttled write changed nothing
     assert aws.throttled == {"DescribeRouteTables": 1, "ReplaceRoute": 1}
     assert aws.count_actions() == {"DescribeRouteTables": 3, "ReplaceRoute": 2}  # attempts, throttled included
+    sts = aws.client("sts", tool=True)
+    for _ in range(3):
+        sts.get_caller_identity()  # EC2's buckets are EC2's
     time.sleep(0.3)
     tool.describe_route_tables(RouteTableIds=[t.route_tables["wan"]])  # refilled
     aws.reset_state()

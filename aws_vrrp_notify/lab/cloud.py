@@ -150,7 +150,7 @@ class _RecordingApp:
         harness = HARNESS_UA in environ.get("HTTP_USER_AGENT", "")
         label = environ.get("HTTP_X_AVN_LISTENER") or self.label  # set by tests' fault proxy
         req = Request(label, params.get("Action"), params, harness, time.time(), *_signer(environ))
-        if not harness and req.action:
+        if not harness and req.action and _service(environ) in (None, "ec2"):
             req.throttled = not cloud._admitted(req.action)
         with cloud._lock:
             cloud.requests.append(req)
@@ -184,12 +184,19 @@ def _form_params(environ, body: bytes) -> dict[str, str]:
 
 
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+_SCOPE_SERVICE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/]+/([^/]+)/")
 
 
 def _signer(environ) -> tuple[str | None, str | None]:
     """(access key id, session token) of a SigV4-signed request."""
     match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
     return (match.group(1) if match else None), environ.get("HTTP_X_AMZ_SECURITY_TOKEN")
+
+
+def _service(environ) -> str | None:
+    """The service a SigV4-signed request was signed for ("ec2", "sts", ...)."""
+    match = _SCOPE_SERVICE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return match.group(1) if match else None
 
 
 def _respond(start_response, answer: Answer):
