@@ -21,7 +21,13 @@ Fixtures
                  ``run_tool.write_config(router, text)``, ``run_tool.argv(...)``, ``run_tool.env(...)``.
 ``fault_proxy``  (function) ``fault_proxy(router, "ec2" | "imds")`` -> started
                  :class:`faultproxy.FaultProxy` inside the router's namespace; pass
-                 ``env=proxy.env`` to ``run_tool``.
+                 ``env=proxy.env`` to ``run_tool``.  Its ``denied`` answers name the
+                 router's instance-profile role session as the refused principal.
+``lag``          (function) ``lag(spec, stale_reads=0.0)`` lags the tool's EC2 writes
+                 (:meth:`aws_vrrp_notify.lab.cloud.Cloud.set_lag`: a profile name, seconds or
+                 a mapping); turned off, pending writes dropped, after the test.
+``lag_profile``  (function, parametrized over :data:`aws_vrrp_notify.lab.consistency.PROFILES`)
+                 the cloud with that profile's lag in force; the value is the profile name.
 """
 
 from __future__ import annotations
@@ -60,6 +66,30 @@ def aws(cloud):
     cloud.reset_state()
     yield cloud
     cloud.request_hook = None
+
+
+@pytest.fixture
+def lag(aws):
+    def set_lag(spec, **kw) -> dict:
+        return aws.set_lag(spec, **kw)
+
+    yield set_lag
+    aws.clear_lag()
+    aws.discard_pending()
+
+
+def _profile_names():
+    from aws_vrrp_notify.lab.consistency import PROFILES
+
+    return sorted(PROFILES)
+
+
+@pytest.fixture(params=_profile_names())
+def lag_profile(request, aws):
+    aws.set_lag(request.param)
+    yield request.param
+    aws.clear_lag()
+    aws.discard_pending()
 
 
 # --------------------------------------------------------------------------- namespaces
@@ -278,6 +308,9 @@ def fault_proxy(cloud):
             up = upstream
         ns = None if router is None else router.ns
         label = None if router is None else router.ns
+        if router is not None:
+            role = cloud.imds(router.name).profile.role
+            kw.setdefault("principal", f"arn:aws:sts::{cloud.account_id}:assumed-role/{role}/{router.instance_id}")
         p = FaultProxy(up, ns=ns, label=label, **kw).start()
         if upstream == "imds":
             p.env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": p.url + "/"}

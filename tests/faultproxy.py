@@ -17,7 +17,10 @@ IMDS) from this process.  Fault kinds:
 * ``throttle``: HTTP 503 with EC2's ``RequestLimitExceeded`` XML error body
 * ``error500``: HTTP 500 with EC2's ``InternalError`` XML error body
 * ``unavailable``: HTTP 503 with ``Unavailable`` (EC2's other 5xx code)
-* ``denied``: HTTP 403 with ``UnauthorizedOperation`` (IAM says no)
+* ``denied``: HTTP 403 with ``UnauthorizedOperation`` (IAM says no), with the text EC2
+  really sends, built from the request (:func:`denial_message`): the principal
+  (``principal=``, an assumed-role ARN), the action, the resource ARN and an encoded
+  authorization failure message
 * ``status``: HTTP ``status`` with an empty body (e.g. 401/404 for an IMDS)
 * ``reset``: the connection is reset (RST) without any response
 * ``delay``: wait ``delay`` seconds, then forward normally
@@ -34,19 +37,23 @@ Rules are tried in the order they were added; the first that fires wins.
 
 from __future__ import annotations
 
+import base64
 import collections
 import http.client
+import os
+import re
 import random
 import socket
 import struct
 import threading
 import time
 import urllib.parse
-import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["FaultProxy", "Rule", "ec2_error_body", "KINDS"]
+from aws_vrrp_notify.lab.ec2_xml import error_body as ec2_error_body
+
+__all__ = ["FaultProxy", "Rule", "ec2_error_body", "denial_message", "KINDS", "DEFAULT_PRINCIPAL"]
 
 KINDS = ("throttle", "error500", "unavailable", "denied", "status", "reset", "delay", "drop")
 
@@ -54,17 +61,34 @@ _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
         "transfer-encoding", "upgrade", "content-length"}
 
 
-def ec2_error_body(code: str, message: str) -> bytes:
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
-            f"<Message>{message}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>").encode()
-
-
 _CANNED = {
     "throttle": (503, "RequestLimitExceeded", "Request limit exceeded."),
     "error500": (500, "InternalError", "An internal error has occurred"),
     "unavailable": (503, "Unavailable", "The server is overloaded and can't handle the request."),
-    "denied": (403, "UnauthorizedOperation", "You are not authorized to perform this operation."),
 }
+
+DEFAULT_PRINCIPAL = "arn:aws:sts::123456789012:assumed-role/vrrp-failover/i-0123456789abcdef0"
+DEFAULT_REGION = "eu-west-3"
+# request parameter -> EC2 resource type, in the order EC2 names the denied resource
+_RESOURCE_PARAMS = (("RouteTableId", "route-table"), ("AllocationId", "elastic-ip"),
+                    ("NetworkInterfaceId", "network-interface"), ("InstanceId", "instance"), ("SubnetId", "subnet"))
+_SCOPE_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
+
+
+def denial_message(action: str, params: dict, principal: str = DEFAULT_PRINCIPAL, region: str = DEFAULT_REGION) -> str:
+    """EC2's UnauthorizedOperation text for ``action``: who, what, on which resource, and an
+    encoded authorization failure message (describe calls, which have no resource-level
+    permissions, get neither resource nor encoded message)."""
+    account = principal.split(":")[4]
+    head = (f"You are not authorized to perform this operation. User: {principal} "
+            f"is not authorized to perform: ec2:{action}")
+    because = f"because no identity-based policy allows the ec2:{action} action"
+    if action.startswith("Describe"):
+        return f"{head} {because}"
+    resource = next((f"arn:aws:ec2:{region}:{account}:{kind}/{params[name]}"
+                     for name, kind in _RESOURCE_PARAMS if params.get(name)), f"arn:aws:ec2:{region}:{account}:*")
+    encoded = base64.urlsafe_b64encode(os.urandom(720)).decode().rstrip("=")
+    return f"{head} on resource: {resource} {because}. Encoded authorization failure message: {encoded}"
 
 
 @dataclass
@@ -128,7 +152,7 @@ class _Server(ThreadingHTTPServer):
 
 class FaultProxy:
     def __init__(self, upstream: str, *, ns: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 upstream_timeout: float = 60.0, label: str | None = None):
+                 upstream_timeout: float = 60.0, label: str | None = None, principal: str = DEFAULT_PRINCIPAL):
         u = urllib.parse.urlsplit(upstream)
         if u.scheme != "http" or u.hostname not in ("127.0.0.1", "localhost"):
             raise ValueError("upstream must be an http://127.0.0.1:<port> URL of this process")
@@ -136,6 +160,7 @@ class FaultProxy:
         self.ns, self.host, self.port = ns, host, port
         self.upstream_timeout = upstream_timeout
         self.label = label  # sent upstream as X-Avn-Listener (Cloud.count_actions(listener=...))
+        self.principal = principal  # who "denied" says was refused
         self.rules: list[Rule] = []
         self.seen: list[tuple[str, str, str | None]] = []   # (method, path, action)
         self.counts: collections.Counter = collections.Counter()
@@ -218,9 +243,10 @@ class FaultProxy:
             def _handle(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
-                action = None
+                params = {}
                 if body and "x-www-form-urlencoded" in (self.headers.get("Content-Type") or ""):
-                    action = urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("Action", [None])[0]
+                    params = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
+                action = params.get("Action")
                 path = self.path
                 key = action or f"{self.command} {path.split('?', 1)[0]}"
                 fault = None
@@ -235,6 +261,8 @@ class FaultProxy:
                 if fault is not None:
                     if fault.kind == "reset":
                         return self._reset()
+                    if fault.kind == "denied":
+                        return self._reply(403, ec2_error_body("UnauthorizedOperation", self._denial(action, params)))
                     if fault.kind in _CANNED:
                         status, code, msg = _CANNED[fault.kind]
                         return self._reply(status, ec2_error_body(code, msg))
@@ -260,6 +288,11 @@ class FaultProxy:
                 if fault is not None and fault.kind == "drop":
                     return self._reset()
                 self._reply(status, data, rheaders, ctype=ctype)
+
+            def _denial(self, action, params) -> str:
+                scope = _SCOPE_REGION.search(self.headers.get("Authorization") or "")
+                return denial_message(action or "Unknown", params, proxy.principal,
+                                      scope.group(1) if scope else DEFAULT_REGION)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
 

@@ -7,6 +7,11 @@ demo  builds a simulated AWS region (moto + fake IMDSv2) with two router namespa
       to the new master, shows `check`, restarts the crashed router (it preempts back),
       and tears everything down.  About 30 s with the default advert_int 1.
 up    the same lab, left running until Ctrl-C, for poking at it by hand.
+
+--lag PROFILE_OR_SECONDS makes the simulated EC2 eventually consistent: the tool's
+writes are answered at once and show in describe calls and the metadata service only
+that much later (a profile of aws_vrrp_notify.lab.consistency.PROFILES, e.g.
+ip-2-rest-0.1, or seconds for every write).  See docs/lab.md.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import threading
 import time
 from typing import Dict, Optional
 
+from .consistency import PROFILES, describe_lag, parse_lag
 from .keepalived import GROUP, VIP, Event, Lab, LabError, NotifyCall, available
 
 ACTION_TEXT = {
@@ -137,9 +143,10 @@ def _show_check(lab: Lab, p: Printer, name: str) -> int:
     return proc.returncode
 
 
-def build(lab: Lab, p: Printer) -> None:
+def build(lab: Lab, p: Printer, lag: Dict[str, float]) -> None:
     p.at(None, "building a simulated AWS region (moto + fake IMDSv2) and two router namespaces ...")
     lab.up()
+    lab.cloud.set_lag(lag)
     t = lab.cloud.topology
     p.at(None, f"region {t.region}: {t.vpc} 10.0.0.0/16, subnets lan {t.subnet_cidrs['lan']} "
                f"({t.route_tables['lan']}), wan {t.subnet_cidrs['wan']} ({t.route_tables['wan']})")
@@ -149,6 +156,8 @@ def build(lab: Lab, p: Printer) -> None:
     p.at(None, f"Elastic IP {t.eip_public_ip} ({t.eip_alloc}) - a fake address, never contacted", 1)
     p.at(None, "inside each router namespace: its own IMDS at 169.254.169.254:80, the EC2 API on "
                "127.0.0.1 (AWS_ENDPOINT_URL_EC2)", 1)
+    p.at(None, f"EC2 consistency lag (a write shows in describe calls and IMDS this much later): "
+               f"{describe_lag(lag)}", 1)
     p.at(None, f"tool configuration (0600): {lab.config_path('r1')} (same on r2):")
     p.plain("          | " + "\n          | ".join(
         line for line in lab.tool_config("r1").splitlines() if line and not line.startswith("#")))
@@ -173,7 +182,7 @@ def demo(args) -> int:
     ok = True
     try:
         lab = Lab(on_event=p)
-        build(lab, p)
+        build(lab, p, args.lag)
         watcher = AwsWatcher(lab, p)
         watcher.start()
         start_pair(lab, p, args)
@@ -261,7 +270,7 @@ def up(args) -> int:
     lab = None
     try:
         lab = Lab(on_event=p)
-        build(lab, p)
+        build(lab, p, args.lag)
         start_pair(lab, p, args)
         master = lab.wait_settled(timeout=30)
         p.at(None, f"settled: {master} is MASTER and AWS points to it")
@@ -289,6 +298,13 @@ def up(args) -> int:
     return 0
 
 
+def lag_argument(text: str) -> Dict[str, float]:
+    try:
+        return parse_lag(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aws_vrrp_notify.lab",
                                      description="The aws-vrrp-notify lab: keepalived routers on a simulated AWS.")
@@ -300,6 +316,9 @@ def main(argv=None) -> int:
                         help="VRRP advert_int in seconds (default 1; fractions need --vrrp-version 3)")
         sp.add_argument("--vrrp-version", type=int, choices=(2, 3), default=None,
                         help="default: 2 for a whole advert_int, else 3")
+        sp.add_argument("--lag", type=lag_argument, default={}, metavar="PROFILE_OR_SECONDS",
+                        help="EC2 eventual consistency: the tool's writes show this much later; "
+                             f"seconds, or a profile: {', '.join(PROFILES)} (default: none)")
         if name == "demo":
             sp.add_argument("--no-restart", action="store_true",
                             help="do not restart the crashed router at the end")

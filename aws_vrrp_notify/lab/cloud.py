@@ -15,15 +15,31 @@ moto's own recorder (``/moto-api/recorder/*`` endpoints, file in a private
 temporary directory) and an in-memory log of parsed EC2 query requests, which
 :meth:`Cloud.count_actions` reads.  Requests made by the harness itself (the
 ``Cloud.ec2`` client; its User-Agent carries :data:`HARNESS_UA`) are left out of
-the counts unless asked for.
+the counts unless asked for; ``cloud.client(tool=True)`` makes a client whose calls
+are treated as the tool's.  moto's recorder sees a lagged write when it lands and
+never sees a throttled call; the in-memory log sees both when they are made.
+
+EC2's eventual consistency (:mod:`.consistency`, docs/lab.md)::
+
+    cloud.set_lag("ip-2-rest-0.1")           # or seconds, or {"AssignPrivateIpAddresses": 2.0, "*": 0.1}
+    cloud.set_lag(default=0.5, stale_reads=0.3)
+    cloud.settle()                           # every accepted write has landed in moto
+    cloud.clear_lag()
+
+and its request throttling (:mod:`.throttle`): ``cloud.set_throttle(True)``,
+``cloud.throttled`` (a Counter of RequestLimitExceeded answers per Action).  Each
+:class:`Request` records the access key and session token that signed it.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
+import http
 import ipaddress
 import io
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -32,7 +48,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from . import moto_fixes
+from .consistency import Consistency, LagSpec, PendingWrite, FailedWrite, parse_lag
+from .ec2_writes import Rejected
 from .imds import IMDS, DEFAULT_ACCOUNT
+from .stale_reads import StaleReads, question_of
+from .throttle import THROTTLED_STATUS, Throttle, throttled_body
 
 __all__ = ["Cloud", "Topology", "InstanceInfo", "Request", "HARNESS_UA"]
 
@@ -91,6 +111,9 @@ class Request:
     params: dict[str, str]  # form parameters (first value of each)
     harness: bool
     time: float
+    access_key: str | None = None      # the access key id of the SigV4 Authorization header
+    session_token: str | None = None   # its X-Amz-Security-Token header
+    throttled: bool = False            # answered RequestLimitExceeded (Cloud.set_throttle)
 
 
 class _QuietHandler:
@@ -111,6 +134,10 @@ class _QuietHandler:
         return cls._cls
 
 
+# (HTTP status, headers, body) of an answer
+Answer = tuple[int, list, bytes]
+
+
 class _RecordingApp:
     def __init__(self, cloud: "Cloud", label: str):
         self.cloud = cloud
@@ -118,30 +145,97 @@ class _RecordingApp:
 
     def __call__(self, environ, start_response):
         cloud = self.cloud
-        body = b""
-        try:
-            n = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            n = 0
-        if n:
-            body = environ["wsgi.input"].read(n)
-            environ["wsgi.input"] = io.BytesIO(body)
-        params: dict[str, str] = {}
-        ctype = environ.get("CONTENT_TYPE", "")
-        if body and "x-www-form-urlencoded" in ctype:
-            params = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace"),
-                                                                 keep_blank_values=True).items()}
-        elif environ.get("QUERY_STRING"):
-            params = {k: v[0] for k, v in urllib.parse.parse_qs(environ["QUERY_STRING"]).items()}
+        body = _read_body(environ)
+        params = _form_params(environ, body)
         harness = HARNESS_UA in environ.get("HTTP_USER_AGENT", "")
         label = environ.get("HTTP_X_AVN_LISTENER") or self.label  # set by tests' fault proxy
-        req = Request(label, params.get("Action"), params, harness, time.time())
+        req = Request(label, params.get("Action"), params, harness, time.time(), *_signer(environ))
+        if not harness and req.action and _service(environ) in (None, "ec2"):
+            req.throttled = not cloud._admitted(req.action)
         with cloud._lock:
             cloud.requests.append(req)
+        if req.throttled:
+            return _respond(start_response, (THROTTLED_STATUS, [], throttled_body()))
         hook = cloud.request_hook
         if hook is not None and not harness:
             hook(req)
+        answer = None if harness else cloud._lab_answer(req, environ, body)
+        if answer is not None:
+            return _respond(start_response, answer)
         return cloud._app(environ, start_response)
+
+
+def _read_body(environ) -> bytes:
+    try:
+        n = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        n = 0
+    body = environ["wsgi.input"].read(n) if n else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def _form_params(environ, body: bytes) -> dict[str, str]:
+    if body and "x-www-form-urlencoded" in environ.get("CONTENT_TYPE", ""):
+        query = body.decode("utf-8", "replace")
+    else:
+        query = environ.get("QUERY_STRING") or ""
+    return {k: v[0] for k, v in urllib.parse.parse_qs(query, keep_blank_values=True).items()}
+
+
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+_SCOPE_SERVICE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/]+/([^/]+)/")
+
+
+def _signer(environ) -> tuple[str | None, str | None]:
+    """(access key id, session token) of a SigV4-signed request."""
+    match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return (match.group(1) if match else None), environ.get("HTTP_X_AMZ_SECURITY_TOKEN")
+
+
+def _service(environ) -> str | None:
+    """The service a SigV4-signed request was signed for ("ec2", "sts", ...)."""
+    match = _SCOPE_SERVICE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return match.group(1) if match else None
+
+
+def _respond(start_response, answer: Answer):
+    status, headers, body = answer
+    kept = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-type")]
+    ctype = next((v for k, v in headers if k.lower() == "content-type"), "text/xml;charset=UTF-8")
+    start_response(f"{status} {http.HTTPStatus(status).phrase}",
+                   kept + [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _call_wsgi(app, environ) -> Answer:
+    """Run a WSGI app to completion; its answer."""
+    started = []
+
+    def start_response(status, headers, exc_info=None):
+        started.append((int(status.split()[0]), list(headers)))
+        return lambda data: None
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return started[0][0], started[0][1], body
+
+
+def _replayable(environ) -> dict:
+    """The plain parts of a WSGI environ (headers, method, path), to send the request again later."""
+    return {k: v for k, v in environ.items() if isinstance(v, (str, bool, tuple)) and not k.startswith("werkzeug.")}
+
+
+def _replay(app, environ: dict, body: bytes) -> tuple[int, bytes]:
+    import sys
+
+    env = dict(environ, **{"wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+                           "CONTENT_LENGTH": str(len(body))})
+    status, _, data = _call_wsgi(app, env)
+    return status, data
 
 
 class Cloud:
@@ -165,6 +259,10 @@ class Cloud:
         self._tmp = None
         self._ec2 = None
         self._baseline: dict | None = None
+        self._consistency = Consistency(lambda: self.backend)
+        self._stale_reads: StaleReads | None = None
+        self._throttle: Throttle | None = None
+        self.throttled: collections.Counter = collections.Counter()   # RequestLimitExceeded answers per Action
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Cloud":
@@ -186,6 +284,7 @@ class Cloud:
         return self
 
     def close(self) -> None:
+        self._consistency.close()
         for imds in self._imds.values():
             imds.close()
         self._imds.clear()
@@ -268,12 +367,14 @@ class Cloud:
         return instance
 
     # ------------------------------------------------------------------ clients
-    def client(self, service: str = "ec2", **kw):
+    def client(self, service: str = "ec2", *, tool: bool = False, **kw):
+        """A boto3 client of this cloud: the harness's own, or (``tool=True``) one whose calls
+        are treated as the tool's (counted, lagged, throttled)."""
         import boto3
         from botocore.config import Config
 
-        cfg = Config(user_agent_extra=HARNESS_UA, retries={"total_max_attempts": 1, "mode": "standard"},
-                     connect_timeout=5, read_timeout=30)
+        cfg = Config(user_agent_extra=None if tool else HARNESS_UA,
+                     retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
         return boto3.session.Session().client(
             service, endpoint_url=self.url, region_name=self.region,
             aws_access_key_id="testing", aws_secret_access_key="testing", config=cfg, **kw)
@@ -291,9 +392,91 @@ class Cloud:
 
         return ec2_backends[self.account_id][self.region]
 
+    # ------------------------------------------------------------------ consistency
+    def set_lag(self, lags: LagSpec = None, *, default: float | None = None, stale_reads: float = 0.0,
+                seed: int | None = None) -> dict[str, float]:
+        """Lag the tool's writes like EC2 (see :mod:`.consistency`); returns the lag per action.
+
+        ``lags``: a profile name of :data:`.consistency.PROFILES`, seconds, or a mapping of
+        Action (``"*"``: every other laggable action) to seconds; ``default`` sets ``"*"``.
+        ``stale_reads``: the probability that a describe call of the tool is answered with an
+        earlier answer to the same call from the last (longest lag) seconds (:mod:`.stale_reads`)."""
+        parsed = parse_lag(lags)
+        if default is not None:
+            parsed.update(parse_lag(default))
+        self._consistency.set(parsed)
+        window = max(parsed.values(), default=0.0)
+        self._stale_reads = StaleReads(stale_reads, window, seed) if stale_reads and window else None
+        return parsed
+
+    def clear_lag(self) -> None:
+        """New writes are applied at once again (writes already accepted still land on time)."""
+        self._consistency.set({})
+        self._stale_reads = None
+
+    @property
+    def lag(self) -> dict[str, float]:
+        """The lag per action in force (empty: none)."""
+        return dict(self._consistency.lags)
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Block until every accepted write has landed in moto (TimeoutError otherwise)."""
+        self._consistency.settle(timeout)
+
+    def discard_pending(self) -> list[PendingWrite]:
+        """Drop the writes accepted and not landed yet (they never reach moto); returns them."""
+        return self._consistency.discard()
+
+    def pending_writes(self) -> list[PendingWrite]:
+        """Writes accepted and not landed yet, in acceptance order."""
+        return self._consistency.pending()
+
+    def landed_writes(self) -> list[tuple[float, PendingWrite]]:
+        """(time.monotonic() of landing, write) of the lagged writes landed so far, in landing order."""
+        return self._consistency.landings()
+
+    def failed_writes(self) -> list[FailedWrite]:
+        """Lagged writes that moto refused when they landed (after EC2 had answered success)."""
+        return self._consistency.failed()
+
+    @property
+    def stale_reads_served(self) -> int:
+        return self._stale_reads.served if self._stale_reads else 0
+
+    def _lab_answer(self, req: Request, environ, body: bytes) -> Answer | None:
+        """The answer to a tool request when the lab, not moto at once, gives it."""
+        if self._consistency.applies_to(req.action, req.params):
+            replay = functools.partial(_replay, self._app, _replayable(environ), body)
+            try:
+                write = self._consistency.accept(req.action, req.params, replay)
+            except Rejected as rejected:
+                return rejected.status, [], rejected.body()
+            return 200, [], write.acceptance.body
+        stale = self._stale_reads
+        if stale is not None and req.action and req.action.startswith("Describe"):
+            return stale.answer(question_of(req.action, req.params), _call_wsgi(self._app, environ))
+        return None
+
+    # ------------------------------------------------------------------ throttling
+    def set_throttle(self, enabled: bool = True, buckets: dict | None = None) -> None:
+        """Throttle the tool's calls with EC2's token buckets (:mod:`.throttle`); ``buckets``
+        overrides sizes, e.g. ``{"mutating": (50, 5.0)}``.  Fresh (full) buckets each call."""
+        self._throttle = Throttle(buckets) if enabled else None
+
+    def _admitted(self, action: str) -> bool:
+        throttle = self._throttle
+        if throttle is None or throttle.take(action):
+            return True
+        with self._lock:
+            self.throttled[action] += 1
+        return False
+
     # ------------------------------------------------------------------ counting
     def count_actions(self, *, listener: str | None = None, include_harness: bool = False) -> collections.Counter:
         """EC2 calls per Action since the last reset_counts() (tool calls only by default).
+
+        A lagged write counts from the moment it is accepted; a throttled call counts too
+        (it was made: see ``throttled`` for how many were refused).
 
         ``listener`` restricts to one listener: "root" or a namespace name given
         to serve_moto_in (i.e. which router made the call)."""
@@ -316,6 +499,7 @@ class Cloud:
 
         with self._lock:
             self.requests.clear()
+            self.throttled.clear()
         try:
             recorder.reset_recording()
         except OSError:
@@ -411,9 +595,10 @@ class Cloud:
     def _snapshot(self) -> dict:
         t = self.topology
         ec2 = self.ec2
-        enis = {}
+        enis, enis6 = {}, {}
         for n in ec2.describe_network_interfaces(Filters=[{"Name": "vpc-id", "Values": [t.vpc]}])["NetworkInterfaces"]:
             enis[n["NetworkInterfaceId"]] = [p["PrivateIpAddress"] for p in n["PrivateIpAddresses"]]
+            enis6[n["NetworkInterfaceId"]] = [a["Ipv6Address"] for a in n.get("Ipv6Addresses", [])]
         rtbs = {}
         for rt in ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [t.vpc]}])["RouteTables"]:
             rtbs[rt["RouteTableId"]] = {
@@ -423,12 +608,18 @@ class Cloud:
             }
         eips = {a["AllocationId"]: (a.get("NetworkInterfaceId") or None, a.get("PrivateIpAddress") or None)
                 for a in ec2.describe_addresses()["Addresses"] if a.get("AllocationId")}
-        return {"enis": enis, "rtbs": rtbs, "eips": eips}
+        return {"enis": enis, "enis6": enis6, "rtbs": rtbs, "eips": eips}
 
     def reset_state(self) -> None:
         """Undo what tests did to the topology (VIPs, routes, EIP associations, subnet
         associations, extra EIPs and route tables), then clear counters and IMDS logs,
-        tokens and overrides.  Only differences cost API calls."""
+        tokens and overrides.  Only differences cost API calls.
+
+        Writes accepted but not landed yet are dropped first; lag, stale reads and
+        throttling are turned off."""
+        self.clear_lag()
+        self._throttle = None
+        self.discard_pending()
         if self.topology is None:
             self.reset_counts()
             return
@@ -457,6 +648,14 @@ class Cloud:
             if missing:
                 ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=missing,
                                                 AllowReassignment=True)
+        for eni, ips in now["enis6"].items():
+            extra = [ip for ip in ips if ip not in base["enis6"].get(eni, [])]
+            if extra:
+                ec2.unassign_ipv6_addresses(NetworkInterfaceId=eni, Ipv6Addresses=extra)
+        for eni, ips in base["enis6"].items():
+            missing = [ip for ip in ips if ip not in now["enis6"].get(eni, ips)]
+            if missing:
+                ec2.assign_ipv6_addresses(NetworkInterfaceId=eni, Ipv6Addresses=missing)
         # route tables
         for rtb, cur in now["rtbs"].items():
             want = base["rtbs"].get(rtb)

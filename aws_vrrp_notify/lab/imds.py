@@ -22,6 +22,9 @@ Behaviour (as measured against botocore's IMDSFetcher, TESTBED section 2):
 * A GET without a token (when ``require_token``) or with an unknown / expired
   token gets 401.
 * Directory listings end sub-directories with ``/``; unknown paths get 404.
+* ``meta-data/iam/info`` and ``meta-data/iam/security-credentials/<role>`` serve the
+  instance profile's temporary credentials (:mod:`.credentials`), rotated before
+  they expire; ``role=None`` gives an instance without a profile.
 * ``overrides`` maps a path (relative to ``/latest/``, e.g.
   ``"meta-data/instance-id"``) to a replacement body (str), an HTTP status (int)
   or ``None`` (404), for fault injection.
@@ -35,6 +38,9 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
+
+from .credentials import DEFAULT_ROLE, DEFAULT_TTL, InstanceProfile
 
 DEFAULT_ACCOUNT = "123456789012"
 MAX_TTL = 21600
@@ -152,7 +158,8 @@ class IMDS:
     """One fake IMDSv2 for one moto instance; may listen on several sockets."""
 
     def __init__(self, instance_id: str, *, region: str = "us-east-1", account_id: str = DEFAULT_ACCOUNT,
-                 require_token: bool = True, backend=None):
+                 require_token: bool = True, backend=None, role: Optional[str] = DEFAULT_ROLE,
+                 credential_ttl: float = DEFAULT_TTL):
         self.instance_id = instance_id
         self.region = region
         self.account_id = account_id
@@ -163,6 +170,7 @@ class IMDS:
         self.overrides: dict[str, object] = {}
         self.lock = threading.Lock()
         self.servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+        self.profile = InstanceProfile(account_id, role, credential_ttl) if role else None
 
     # -- state ------------------------------------------------------------------
     @property
@@ -176,18 +184,23 @@ class IMDS:
                 self.tokens[tok] = 0.0
 
     def reset(self) -> None:
-        """Forget the log, the tokens and the overrides."""
+        """Forget the log, the tokens and the overrides; default credential lifetime."""
         with self.lock:
             self.log.clear()
             self.tokens.clear()
             self.overrides.clear()
+        if self.profile is not None:
+            self.profile.reset()
 
     def count(self, method: str | None = None, prefix: str = "") -> int:
         with self.lock:
             return sum(1 for m, p in self.log if (method is None or m == method) and p.startswith(prefix))
 
     def tree(self) -> dict:
-        return build_tree(self.backend, self.instance_id)
+        tree = build_tree(self.backend, self.instance_id)
+        if self.profile is not None:
+            tree["latest"]["meta-data"]["iam"] = self.profile.tree()
+        return tree
 
     def get(self, path: str):
         """(status, body) for a GET of ``path`` (``/latest/...``), token check excluded."""
