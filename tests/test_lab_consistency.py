@@ -330,8 +330,9 @@ def test_imds_serves_instance_profile_credentials(aws):
     assert set(doc) == {"Code", "LastUpdated", "Type", "AccessKeyId", "SecretAccessKey", "Token", "Expiration"}
     assert doc["Code"] == "Success" and doc["Type"] == "AWS-HMAC"
     assert re.fullmatch(r"ASIA[A-Z0-9]{16}", doc["AccessKeyId"]) and len(doc["Token"]) > 500
-    expires = calendar.timegm(time.strptime(doc["Expiration"], "%Y-%m-%dT%H:%M:%SZ"))
-    assert 3500 < expires - time.time() <= 3600
+    expires, updated = (calendar.timegm(time.strptime(doc[k], "%Y-%m-%dT%H:%M:%SZ"))
+                        for k in ("Expiration", "LastUpdated"))
+    assert expires - updated == 3600 and expires - time.time() > 300  # served well before expiry
     again = json.loads(imds_get(base, f"meta-data/iam/security-credentials/{profile.role}")[1])
     assert again["AccessKeyId"] == doc["AccessKeyId"]  # the same until close to expiry
 
