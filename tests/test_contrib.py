@@ -1,5 +1,13 @@
-"""contrib/systemd: the units' sandbox is rated by systemd and still lets the check work.
+"""contrib/: IAM policies pass an IAM linter; the systemd units' sandbox is rated by
+systemd and still lets the check work.
 
+IAM: ``parliament`` (the ``test`` extra) lints every policy in contrib/iam. Nothing may be
+rated above LOW, and every LOW must be explained in contrib/iam/README.md. The trust
+policy is linted as the statement it stands for: parliament knows identity policies only
+and requires a Resource element, which a trust policy must not have (its resource is the
+role it is attached to); the test adds that role's ARN and lints the result.
+
+systemd:
 The rating comes from ``systemd-analyze security --offline=yes``, which reads the unit
 file alone (no systemd as PID 1 needed). Whether the hardened ``ExecStart=`` still works
 cannot be tried with ``systemd-run`` here (PID 1 is not systemd), so the restrictions are
@@ -22,12 +30,14 @@ cannot enter a VRF that is a network namespace.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List, Set, Tuple
 
 import pytest
 
@@ -64,6 +74,88 @@ def unit_directives(path: Path) -> Dict[str, List[str]]:
         key, value = line.split("=", 1)
         directives.setdefault(key.strip(), []).append(value.strip())
     return directives
+
+
+# ------------------------------------------------------------------ IAM policies
+
+IAM = REPO / "contrib" / "iam"
+TRUST_POLICY = IAM / "assume-role-trust.json"
+SEVERITIES = ["INFO", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
+
+
+def _parliament():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # its pkg_resources import
+            import parliament
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("parliament is not installed (it is in the test extra)")
+        pytest.skip("parliament is not installed")
+    return parliament
+
+
+def lint(policy: dict, name: str) -> List[Tuple[str, str, str]]:
+    """(severity, title, detail) of parliament's findings on a policy."""
+    parliament = _parliament()
+    result = parliament.analyze_policy_string(json.dumps(policy), name)
+    findings = [parliament.enhance_finding(f) for f in result.findings]
+    return [(f.severity, f.title, f"{f.detail} {f.location}") for f in findings]
+
+
+def assumed_role_arn() -> str:
+    [statement] = json.loads((IAM / "assume-role-source.json").read_text())["Statement"]
+    return statement["Resource"]
+
+
+def trust_policy_with_its_resource() -> dict:
+    policy = json.loads(TRUST_POLICY.read_text())
+    for statement in policy["Statement"]:
+        assert "Resource" not in statement and "NotResource" not in statement  # IAM refuses them here
+        statement["Resource"] = assumed_role_arn()
+    return policy
+
+
+def _policies() -> list:
+    out = []
+    for path in sorted(IAM.glob("*.json")):
+        policy = trust_policy_with_its_resource() if path == TRUST_POLICY else json.loads(path.read_text())
+        out.append(pytest.param(path.name, policy, id=path.name))
+    return out
+
+
+@pytest.mark.parametrize("name, policy", _policies())
+def test_iam_policy_lint(name, policy):
+    findings = lint(policy, name)
+    above_low = [f for f in findings if SEVERITIES.index(f[0]) > SEVERITIES.index("LOW")]
+    assert above_low == []
+    readme = (IAM / "README.md").read_text()
+    explained = re.search(r"^## Linter findings\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
+    assert explained, "contrib/iam/README.md has no 'Linter findings' section"
+    for severity, title, detail in findings:
+        if severity == "LOW":
+            bullets = [b for b in explained.group(1).split("\n* ") if f"`{name}`" in b]
+            actions = re.findall(r"'(\w+:\w+)'", detail)
+            assert any(all(a in b for a in actions) for b in bullets), \
+                f"LOW {title} {detail} is not explained in contrib/iam/README.md"
+
+
+def test_trust_policy_is_linted_as_a_trust_policy():
+    """Linted as is, the trust policy gets exactly the finding that does not apply to it."""
+    findings = lint(json.loads(TRUST_POLICY.read_text()), TRUST_POLICY.name)
+    assert [(s, t) for s, t, _ in findings] == [("HIGH", "Malformed")]
+    assert "neither Resource nor NotResource" in findings[0][2]
+    assert assumed_role_arn().startswith("arn:aws:iam::")
+    assert lint(trust_policy_with_its_resource(), TRUST_POLICY.name) == []
+
+
+def test_lint_finds_what_it_should():
+    """The linter run here does report what the policies avoid."""
+    findings = lint({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "ec2:ReplaceRoute", "Resource": "*"},
+        {"Effect": "Allow", "Action": "ec2:DescribeSubnets", "Resource": "arn:aws:ec2:*:*:subnet/*"}]}, "bad.json")
+    assert ("LOW", "Unnecessary use of Resource *") in [(s, t) for s, t, _ in findings]
+    assert ("MEDIUM", "No resources match for the given action") in [(s, t) for s, t, _ in findings]  # a Describe needs "*"
 
 
 # ------------------------------------------------------------------ systemd's own rating
