@@ -2,8 +2,11 @@
 everything on a terminal or with -v; -vv adds debug lines with milliseconds since start.
 
 A small logger of our own rather than the logging module: importing logging costs ~10 ms,
-a sixth of the 60 ms a keepalived BACKUP transition may take. Credentials never reach it:
-any line that mentions one is redacted as a last line of defence.
+a sixth of the 60 ms a keepalived BACKUP transition may take. Credentials never reach it;
+as a last line of defence, credential VALUES in a line (access key ids, secret keys,
+session and metadata tokens, signatures, Authorization headers, passwords in URLs) are
+replaced by "[redacted]", and the rest of the line, such as an IAM denial with its
+encoded authorization failure message, is kept.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARNING", ERROR: "ERROR"}
 SYSLOG_PRIORITY = {DEBUG: 7, INFO: 6, WARNING: 4, ERROR: 3}
 SYSLOG_SOCKET = "/dev/log"
 LOG_DAEMON = 3
-REDACT_MARKERS = ("x-amz-security-token", "x-amz-signature", "x-amz-credential", "aws_secret_access_key",
-                  "secretaccesskey", "sessiontoken", "x-aws-ec2-metadata-token", "authorization")
+# Lines without any of these (lower-cased) or "@" are logged as they are, without
+# compiling the patterns of redact() (an import of re's compiler on the BACKUP path).
+REDACT_MARKERS = ("akia", "asia", "token", "secret", "signature", "authorization")
 START = time.monotonic()
 
 
@@ -51,8 +55,7 @@ class Logger:
         if level < self.level and level < self.stderr_level:
             return
         text = message % args if args else message
-        if any(marker in text.lower() for marker in REDACT_MARKERS):
-            text = "[a log line that mentioned credentials was redacted]"
+        text = redact(text)
         name = NAMES[level]
         with self._lock:
             if level >= self.stderr_level:
@@ -88,6 +91,43 @@ class Logger:
             import traceback
 
             self.log(DEBUG, "%s", traceback.format_exc())
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential value in it replaced by "[redacted]"."""
+    lowered = text.lower()
+    if "@" not in text and not any(marker in lowered for marker in REDACT_MARKERS):
+        return text
+    global _redact_values
+    if _redact_values is None:
+        _redact_values = _value_redactor()
+    return _redact_values(text)
+
+
+_redact_values = None
+
+
+def _value_redactor():
+    import re
+
+    # A key, as in a header, query string, JSON, Python repr or botocore's canonical request,
+    # then its separator; the value follows. Values shorter than 16 characters are left:
+    # real keys, tokens and signatures are longer, and error texts such as
+    # "ExpiredToken: The security token ..." stay readable.
+    keyed = re.compile(r"""(?i)((?:token|secret(?:[_-]?access)?(?:[_-]?key)?|signature)["']?\s*[:=]\s*b?["']?)"""
+                       r"[A-Za-z0-9+/=_%.-]{16,}")
+    # the whole header value: "AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=..."
+    authorization = re.compile(r"""(?i)(authorization["']?\s*[:=]\s*b?["']?)[^"'\r\n]+""")
+    access_key_id = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
+    url_password = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
+
+    def redact_values(text: str) -> str:
+        text = authorization.sub(r"\1[redacted]", text)
+        text = keyed.sub(r"\1[redacted]", text)
+        text = access_key_id.sub(r"\1[redacted]", text)
+        return url_password.sub(r"\1[redacted]@", text)
+
+    return redact_values
 
 
 log = Logger()

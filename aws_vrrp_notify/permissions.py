@@ -6,17 +6,25 @@ AssignPrivateIpAddresses has no DryRun: it is proved with a no-op request, re-as
 to the ENI an address it already holds (the virtual IP when this instance holds it, else
 the ENI's primary address, which EC2 refuses with a parameter error *after* the IAM check).
 Any answer except UnauthorizedOperation / AuthFailure proves the permission.
+
+An endpoint that ignores DryRun (some emulators and proxies) answers a DryRun request as
+a real one. A describe answered that way changed nothing, but proves the endpoint would
+carry out the write probes too, so they are not sent. A write answered that way did change
+AWS: it is reported as a failure naming what changed, and no further write probe is sent.
+
+Every probe stands alone: a denied describe call fails only the actions that need what it
+reads, and every action gets its line.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from . import EXIT_FAILED, EXIT_OK
-from .actions import Action, AssignPrivateIp, AssociateAddress, ChangeRoute, ResolveError, reads_for
+from .actions import Action, AssignPrivateIp, AssociateAddress, ChangeRoute, LocalEni, ResolveError, reads_for
 from .config import Config
 from .deadline import Deadline
-from .ec2 import AwsError, Ec2, fetch_snapshot
+from .ec2 import READ_KINDS, AwsError, Ec2, Snapshot, fetch_snapshot
 from .imds import ImdsClient, ImdsError
 from .plan import PlanError, ec2_client, local_eni
 
@@ -24,42 +32,135 @@ DENIED = frozenset({"UnauthorizedOperation", "AuthFailure", "AccessDenied", "Acc
                     "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"})
 POLICY_HINT = ("see the least-privilege policies in contrib/iam/ "
                "(installed under share/doc/aws-vrrp-notify/iam/)")
+DESCRIBE_CALLS = {"enis": "describe_network_interfaces", "route_tables": "describe_route_tables",
+                  "subnets": "describe_subnets", "addresses": "describe_addresses"}
 
 
-def _probe(call: Callable[[], Any], dry_run: bool) -> Tuple[bool, str]:
+class Probe(NamedTuple):
+    ok: bool
+    text: str
+    carried_out: bool = False  # the endpoint ignored DryRun: the request was really made
+
+
+def _probe(call: Callable[[], Any], dry_run: bool, effect: str = "") -> Probe:
+    """One request; ``effect`` says what it changes when an endpoint carries a DryRun out."""
     try:
         call()
     except AwsError as exc:
         if exc.code == "DryRunOperation":
-            return True, "allowed (DryRun)"
+            return Probe(True, "allowed (DryRun)")
         if exc.code in DENIED:
-            return False, f"DENIED: {exc.code}: {exc.message}"
+            return Probe(False, f"DENIED: {exc.code}: {exc.message}")
         if dry_run:
-            return True, f"allowed (DryRun answered {exc.code}: {exc.message})"
-        return True, f"allowed (no-op request answered {exc.code})"
-    return True, "allowed (DryRun ignored by the endpoint)" if dry_run else "allowed (no-op request)"
+            return Probe(True, f"allowed (DryRun answered {exc.code}: {exc.message})")
+        return Probe(True, f"allowed (no-op request answered {exc.code})")
+    if not dry_run:
+        return Probe(True, "allowed (no-op request)")
+    if not effect:
+        return Probe(True, "allowed, but the endpoint ignored DryRun and answered a real request "
+                           "(a read: nothing changed)", carried_out=True)
+    return Probe(False, f"NOT A DRY RUN: the endpoint ignored DryRun and carried the request out: {effect}",
+                 carried_out=True)
 
 
-def _action_probe(ec2: Ec2, action: Action, target: Dict[str, Any], eni: Dict[str, Any]) -> Tuple[bool, str]:
-    if isinstance(action, AssignPrivateIp):
-        held = [p["PrivateIpAddress"] for p in eni.get("PrivateIpAddresses", [])]
-        address = action.ip if action.ip in held else eni.get("PrivateIpAddress")
-        return _probe(lambda: ec2.call("assign_private_ip_addresses", NetworkInterfaceId=target["eni"],
-                                       PrivateIpAddresses=[address], AllowReassignment=False), dry_run=False)
-    if isinstance(action, ChangeRoute):
+class Prober:
+    """The probes of one run; stops sending DryRun writes once the endpoint is seen ignoring DryRun."""
+
+    def __init__(self, ec2: Ec2, imds: ImdsClient):
+        self.ec2 = ec2
+        self.imds = imds
+        self.ignores_dry_run: Optional[str] = None  # the operation that showed it
+
+    def api_name(self, operation: str) -> str:
+        return self.ec2.client.meta.method_to_api_mapping[operation]
+
+    def dry_run(self, operation: str, effect: str = "", **params: Any) -> Probe:
+        """A DryRun request; ``effect``: what it changes if carried out ("" for a read, always sent)."""
+        if effect and self.ignores_dry_run:
+            return Probe(False, f"NOT PROBED: the endpoint ignores DryRun ({self.ignores_dry_run} was answered "
+                                f"as a real request), so a probe would really change AWS")
+        probe = _probe(lambda: self.ec2.call(operation, DryRun=True, **params), dry_run=True, effect=effect)
+        if probe.carried_out and not self.ignores_dry_run:
+            self.ignores_dry_run = self.api_name(operation)
+        return probe
+
+    def action(self, action: Action, target: Dict[str, Any], local: LocalEni, snap: Snapshot) -> Probe:
+        if isinstance(action, AssignPrivateIp):
+            return self._assign(action, target, local, snap)
+        if isinstance(action, ChangeRoute):
+            return self._route(action, target, snap)
+        if isinstance(action, AssociateAddress):
+            return self._associate(action, target, snap)
+        return Probe(False, f"no permission probe for {action.TYPE}")
+
+    def _assign(self, action: AssignPrivateIp, target: Dict[str, Any], local: LocalEni, snap: Snapshot) -> Probe:
+        eni = snap.enis.get(local.eni_id)
+        try:  # without DescribeNetworkInterfaces, the metadata service knows the ENI's addresses
+            held = [p["PrivateIpAddress"] for p in eni.get("PrivateIpAddresses", [])] if eni else \
+                self.imds.local_ipv4s(local.mac)
+        except ImdsError as exc:
+            return Probe(False, f"NOT PROBED: the addresses of {local.eni_id} are unknown: {exc}")
+        address = action.ip if action.ip in held else (held[0] if held else None)
+        if address is None:
+            return Probe(False, "NOT PROBED: no address of the ENI is known for a no-op request")
+        return _probe(lambda: self.ec2.call("assign_private_ip_addresses", NetworkInterfaceId=target["eni"],
+                                            PrivateIpAddresses=[address], AllowReassignment=False),
+                      dry_run=False)
+
+    def _route(self, action: ChangeRoute, target: Dict[str, Any], snap: Snapshot) -> Probe:
         key = "DestinationIpv6CidrBlock" if action.ipv6 else "DestinationCidrBlock"
         params = {"RouteTableId": target["route_table"], "NetworkInterfaceId": target["eni"],
-                  key: action.destination, "DryRun": True}
-        ok, text = _probe(lambda: ec2.call("replace_route", **params), dry_run=True)
-        if not ok:
-            return ok, f"ReplaceRoute {text}"
-        ok, text2 = _probe(lambda: ec2.call("create_route", **params), dry_run=True)
-        return ok, (f"ReplaceRoute {text}; CreateRoute {text2}")
-    if isinstance(action, AssociateAddress):
+                  key: action.destination}
+        change = f"route {action.destination} in {target['route_table']} now points to {target['eni']}"
+        replace = self.dry_run("replace_route", change + _was(action, snap, target), **params)
+        create = self.dry_run("create_route", change + " (if it did not exist yet)", **params)
+        return Probe(replace.ok and create.ok, f"ReplaceRoute {replace.text}; CreateRoute {create.text}",
+                     replace.carried_out or create.carried_out)
+
+    def _associate(self, action: AssociateAddress, target: Dict[str, Any], snap: Snapshot) -> Probe:
         params = {"AllocationId": target["allocation_id"], "NetworkInterfaceId": target["eni"],
-                  "AllowReassociation": True, "DryRun": True}
-        return _probe(lambda: ec2.call("associate_address", **params), dry_run=True)
-    return False, f"no permission probe for {action.TYPE}"
+                  "AllowReassociation": True}
+        change = f"Elastic IP {target['allocation_id']} is now associated with {target['eni']}"
+        return self.dry_run("associate_address", change + _was(action, snap, target), **params)
+
+
+def _was(action: Action, snap: Snapshot, target: Dict[str, Any]) -> str:
+    """" (was <holder>)" when the snapshot knew who held the resource before the probe."""
+    try:
+        holder = action.observe(snap, target).holder
+    except (KeyError, ValueError, TypeError, AttributeError):  # a partial snapshot: say nothing
+        return ""
+    return f" (was {holder})" if holder and holder != target["eni"] else ""
+
+
+def _read(ec2: Ec2, prober: Prober, kinds: List[str], vpc_ids: List[str],
+          lines: List[str]) -> Tuple[Snapshot, Dict[str, str]]:
+    """Probe and read each kind on its own: the snapshot, and {kind: the describe call that failed}."""
+    snap, missing = Snapshot(), {}
+    for kind in kinds:
+        name = f"ec2:{prober.api_name(DESCRIBE_CALLS[kind])}"
+        probe = prober.dry_run(DESCRIBE_CALLS[kind])
+        lines.append(f"{name}: {probe.text}")
+        if probe.ok:
+            try:
+                setattr(snap, kind, getattr(fetch_snapshot(ec2, [kind], vpc_ids), kind))
+                continue
+            except AwsError as exc:
+                lines.append(f"{name}: FAILED: {exc}")
+        missing[kind] = name
+    return snap, missing
+
+
+def _action_line(prober: Prober, action: Action, local: LocalEni, snap: Snapshot,
+                 missing: Dict[str, str]) -> Probe:
+    unreadable = [missing[k] for k in action.resolve_reads() if k in missing]
+    if unreadable:
+        return Probe(False, f"NOT PROBED: resolving it needs {' and '.join(unreadable)}, which failed (above)")
+    try:
+        target = action.resolve(local, snap)
+    except ResolveError as exc:
+        return Probe(False, f"FAILED: {exc}")
+    return prober.action(action, target, local, snap)
 
 
 def check_permissions(config: Config, opts: Any) -> int:
@@ -76,34 +177,24 @@ def check_permissions(config: Config, opts: Any) -> int:
             print("cannot prove permissions: not running on AWS (no instance metadata service)")
             return EXIT_FAILED
         ec2 = Ec2(ec2_client(config, imds, store, deadline), deadline)
+        prober = Prober(ec2, imds)
         entries = []
         for group in config.groups.values():
-            for i, action in enumerate(group.actions):
+            for action in group.actions:
                 where = f"groups.{group.name}.{action.TYPE}"
                 try:
                     entries.append((where, action, local_eni(imds, store, action.interface, action.vrf)))
                 except PlanError as exc:
                     lines.append(f"{where}: {action.describe()}: FAILED: {exc}")
                     failed = True
-        actions = [a for _, a, _ in entries]
-        kinds = set(reads_for(actions, "resolve", "observe")) | {"enis"}
-        for kind, operation in (("enis", "describe_network_interfaces"), ("route_tables", "describe_route_tables"),
-                                ("addresses", "describe_addresses")):
-            if kind in kinds:
-                ok, text = _probe(lambda op=operation: ec2.call(op, DryRun=True), dry_run=True)
-                failed |= not ok
-                lines.append(f"ec2:{ec2.client.meta.method_to_api_mapping[operation]}: {text}")
-        snap = fetch_snapshot(ec2, kinds, vpc_ids=[l.vpc_id for _, _, l in entries])
+        wanted = set(reads_for([a for _, a, _ in entries], "resolve", "observe")) | {"enis"}
+        snap, missing = _read(ec2, prober, [k for k in READ_KINDS if k in wanted],
+                              [l.vpc_id for _, _, l in entries], lines)
+        failed |= bool(missing)
         for where, action, local in entries:
-            try:
-                target = action.resolve(local, snap)
-            except ResolveError as exc:
-                lines.append(f"{where}: {action.describe()}: FAILED: {exc}")
-                failed = True
-                continue
-            ok, text = _action_probe(ec2, action, target, snap.enis.get(local.eni_id, {}))
-            failed |= not ok
-            lines.append(f"{where}: {action.describe()}: {text}")
+            probe = _action_line(prober, action, local, snap, missing)
+            failed |= not probe.ok
+            lines.append(f"{where}: {action.describe()}: {probe.text}")
     except (ImdsError, AwsError, PlanError) as exc:
         lines.append(f"FAILED: {exc}")
         failed = True

@@ -27,6 +27,8 @@ IMDS) from this process.  Fault kinds:
 * ``drop``: the request is forwarded to the upstream, then the connection is
   reset instead of returning the answer (the write happened, the client does
   not know)
+* ``ignore-dryrun``: the request is forwarded without its ``DryRun`` parameter,
+  as an endpoint that ignores DryRun would carry it out
 
 A rule applies to requests that match it (``actions``: EC2 Action names;
 ``paths``: path prefixes; ``methods``); it fires for the first ``first``
@@ -55,7 +57,7 @@ from aws_vrrp_notify.lab.ec2_xml import error_body as ec2_error_body
 
 __all__ = ["FaultProxy", "Rule", "ec2_error_body", "denial_message", "KINDS", "DEFAULT_PRINCIPAL"]
 
-KINDS = ("throttle", "error500", "unavailable", "denied", "status", "reset", "delay", "drop")
+KINDS = ("throttle", "error500", "unavailable", "denied", "status", "reset", "delay", "drop", "ignore-dryrun")
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
         "transfer-encoding", "upgrade", "content-length"}
@@ -270,6 +272,9 @@ class FaultProxy:
                         return self._reply(fault.status, b"", ctype="text/plain")
                     if fault.kind == "delay" and proxy.closing.wait(fault.delay):
                         return self._reset()  # closed meanwhile: this request must not reach a later test
+                    if fault.kind == "ignore-dryrun" and action:
+                        form = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+                        body = urllib.parse.urlencode([(k, v) for k, v in form if k != "DryRun"]).encode()
                 try:
                     conn = http.client.HTTPConnection(*proxy.upstream, timeout=proxy.upstream_timeout)
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}

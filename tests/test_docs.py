@@ -631,7 +631,7 @@ def _check_cli_args(args: List[str]) -> None:
     command.make_context(args[0], list(args[1:]), parent=ctx)
 
 
-PROM_PATH = "/var/lib/node_exporter/textfile_collector/aws_vrrp_notify.prom"
+PROM_PATH = "/var/lib/prometheus/node-exporter/aws_vrrp_notify.prom"
 
 
 def test_cron_line():
