@@ -167,6 +167,7 @@ class FaultProxy:
         self.seen: list[tuple[str, str, str | None]] = []   # (method, path, action)
         self.counts: collections.Counter = collections.Counter()
         self.injected: collections.Counter = collections.Counter()
+        self.forwarded = 0  # requests received in absolute form (the proxy used as HTTP_PROXY)
         self.lock = threading.Lock()
         self.closing = threading.Event()
         self._srv = None
@@ -250,6 +251,10 @@ class FaultProxy:
                     params = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
                 action = params.get("Action")
                 path = self.path
+                if path.startswith(("http://", "https://")):  # used as a forward proxy (HTTP_PROXY)
+                    path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
+                    with proxy.lock:
+                        proxy.forwarded += 1
                 key = action or f"{self.command} {path.split('?', 1)[0]}"
                 fault = None
                 with proxy.lock:

@@ -145,6 +145,11 @@ class _RecordingApp:
 
     def __call__(self, environ, start_response):
         cloud = self.cloud
+        host = environ.get("HTTP_HOST", "")
+        if ".vpce.amazonaws.com" in host:
+            # an interface VPC endpoint's name (vpce-....ec2.REGION.vpce.amazonaws.com): moto
+            # takes the region from the Host, and knows only the regional endpoint's form
+            environ["HTTP_HOST"] = f"ec2.{cloud.region}.amazonaws.com"
         body = _read_body(environ)
         params = _form_params(environ, body)
         harness = HARNESS_UA in environ.get("HTTP_USER_AGENT", "")
