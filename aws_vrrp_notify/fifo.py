@@ -4,7 +4,7 @@ keepalived writes one line per event, in order: ``INSTANCE "VI_1" MASTER 150`` o
 ``GROUP "G" BACKUP 0`` (other line types are ignored). A reader thread records each
 event the moment it arrives, so a MASTER being applied notices at once that it was
 superseded; a worker applies, in order, the last state of each group of a burst,
-with the metadata service and EC2 client kept warm between events.
+with the EC2 client kept warm between events.
 
 A FIFO is reopened when its writer goes away (keepalived restarting); a regular file
 or standard input is read to its end. The configuration is reloaded when it changes.
@@ -71,23 +71,20 @@ class ConfigWatcher:
 
 
 class Warm:
-    """What successive MASTER transitions share: the metadata client and the EC2 client."""
+    """What successive MASTER transitions share: the EC2 client (its connections and credentials)."""
 
     def __init__(self) -> None:
         self.client = None
         self.region: Optional[str] = None
         self.aws = None
-        self.imds = None
 
     def client_for(self, run) -> object:
         from .ec2 import make_client
         from .plan import region_of
 
-        self.imds = run.imds  # credential refreshes, hours later, use the current transition's client
         region = region_of(run.imds, run.store, run.config.aws.region)
         if self.client is None or region != self.region or run.config.aws != self.aws:
-            self.client = make_client(run.config.aws, region, run.deadline, run.store.root,
-                                      imds_get=lambda path: self.imds.get(path))
+            self.client = make_client(run.config.aws, region, run.deadline, run.store)
             self.region, self.aws = region, run.config.aws
         return self.client
 

@@ -63,12 +63,11 @@ def _action_probe(ec2: Ec2, action: Action, target: Dict[str, Any], eni: Dict[st
 
 
 def check_permissions(config: Config, opts: Any) -> int:
-    from .commands import state_dir
-    from .state import StateStore
+    from .commands import open_store
 
     deadline = Deadline(config.aws.deadline)
     imds = ImdsClient(deadline=deadline)
-    store = StateStore(state_dir(getattr(opts, "state_dir", None)))
+    store = open_store(getattr(opts, "state_dir", None), getattr(opts, "cache_dir", None))
     lines: List[str] = []
     failed = False
     try:

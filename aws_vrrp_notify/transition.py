@@ -13,7 +13,6 @@ on another ENI yields (no further write, exit 0, logged) so the group never ends
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FuturesTimeout
@@ -354,8 +353,7 @@ def _master_body(run: MasterRun) -> int:
         store.finish(name, seq, "failed", f"verification: {_failure_text(exc)}")
         return EXIT_FAILED
     save_targets(store, name, run.plan)
-    if "botocore" in sys.modules:  # only the botocore client needs it; checking would import botocore
-        keep_trimmed_model(store)
+    keep_trimmed_model(store)
     log.info("group %s: MASTER done, %d action(s) in sync, %s", name, len(outcomes),
              _ms(run.deadline.elapsed()))
     store.finish(name, seq, "ok")
@@ -392,5 +390,4 @@ def prepare_group(config: Config, group: Group, store: StateStore) -> None:
     run.still_current = lambda: False  # type: ignore[method-assign]  # any write would be refused
     if run.imds.available():
         run.prepare()
-        if "botocore" in sys.modules:  # the standard-library client needs no botocore model
-            keep_trimmed_model(store)
+        keep_trimmed_model(store)
