@@ -213,12 +213,21 @@ CREATE_CLIENT = "creating the EC2 client"
 def make_client(settings: AwsSettings, region: str, deadline: Deadline, store: Any = None) -> Any:
     """botocore's EC2 client, from the trimmed model cached for ``store`` (botomodel.cache_root)
     when there is one. Raises AwsError at once when the client cannot be set up."""
-    from botocore.exceptions import BotoCoreError
+    import gc
 
+    collecting = gc.isenabled()  # keepalived's one-shot calls run without the cyclic GC (__main__.py)
+    gc.disable()  # importing botocore allocates a lot, nothing worth a collection
     try:
-        return _botocore_client(settings, region, deadline, store)
-    except BotoCoreError as exc:  # a missing profile, bad shared config, ...: an error, not a crash
-        raise AwsError(CREATE_CLIENT, type(exc).__name__, str(exc), 0) from exc
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return _botocore_client(settings, region, deadline, store)
+        except BotoCoreError as exc:  # a missing profile, bad shared config, ...: an error, not a crash
+            raise AwsError(CREATE_CLIENT, type(exc).__name__, str(exc), 0) from exc
+    finally:
+        if collecting:
+            gc.freeze()  # a long-running reader (fifo) never walks botocore's objects again
+            gc.enable()
 
 
 def _botocore_client(settings: AwsSettings, region: str, deadline: Deadline, store: Any) -> Any:
