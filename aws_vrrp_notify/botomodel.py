@@ -1,7 +1,7 @@
 """A trimmed botocore data directory: only the EC2 (and STS) operations this tool calls.
 
 Loading botocore's full EC2 model (4.3 MB of JSON, 830 operations) and endpoints.json
-costs ~150-180 ms and ~60 MB per process; the trimmed copy loads in a few ms. It is
+costs a process ~100 ms and ~60 MB more; the trimmed copy loads in a few ms. It is
 derived from the installed botocore and cached in a directory that survives a reboot
 (state.DEFAULT_CACHE_DIR, or --cache-dir), so that even the first ``master`` after a boot
 does not load the full model. Its name holds botocore's version and a hash of what is

@@ -231,6 +231,8 @@ def make_client(settings: AwsSettings, region: str, deadline: Deadline, store: A
 
 
 def _botocore_client(settings: AwsSettings, region: str, deadline: Deadline, store: Any) -> Any:
+    from json import JSONDecodeError
+
     from botocore.exceptions import DataNotFoundError, UnknownServiceError
 
     from . import botomodel
@@ -242,10 +244,10 @@ def _botocore_client(settings: AwsSettings, region: str, deadline: Deadline, sto
             client = _make_client(settings, region, deadline, trimmed)
             log.debug("botocore model: the trimmed copy in %s", root)
             return client
-        except (DataNotFoundError, UnknownServiceError, KeyError, ValueError) as exc:
+        except (DataNotFoundError, UnknownServiceError, KeyError, JSONDecodeError, UnicodeDecodeError) as exc:
             log.debug("trimmed botocore model in %s unusable (%s); using botocore's own", root, exc)
             botomodel.discard(root)
-    log.debug("botocore model: botocore's full data (no trimmed copy cached yet)")
+    log.debug("botocore model: botocore's full data (no usable trimmed copy cached)")
     return _make_client(settings, region, deadline, None)
 
 
