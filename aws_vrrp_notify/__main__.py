@@ -19,25 +19,22 @@ NOTIFY_TYPES = ("INSTANCE", "GROUP")
 NOTIFY_STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
 
 
-FastCall = namedtuple("FastCall", "config state_dir verbosity state group via_notify")
+FastCall = namedtuple("FastCall", "config state_dir cache_dir verbosity state group via_notify")
+PATH_OPTIONS = {"-c": "config", "--config": "config", "--state-dir": "state_dir", "--cache-dir": "cache_dir"}
 
 
 def parse_fast(argv: List[str]) -> Optional[FastCall]:
-    config = state_dir = None
+    paths = {"config": None, "state_dir": None, "cache_dir": None}
     verbosity = 0
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("-c", "--config", "--state-dir") and i + 1 < len(argv):
-            if arg == "--state-dir":
-                state_dir = argv[i + 1]
-            else:
-                config = argv[i + 1]
+        name, equals, value = arg.partition("=")
+        if arg in PATH_OPTIONS and i + 1 < len(argv):
+            paths[PATH_OPTIONS[arg]] = argv[i + 1]
             i += 2
-        elif arg.startswith("--config="):
-            config, i = arg.split("=", 1)[1], i + 1
-        elif arg.startswith("--state-dir="):
-            state_dir, i = arg.split("=", 1)[1], i + 1
+        elif equals and name.startswith("--") and name in PATH_OPTIONS:
+            paths[PATH_OPTIONS[name]], i = value, i + 1
         elif arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
             verbosity += 1 if arg == "--verbose" else len(arg) - 1
             i += 1
@@ -48,11 +45,11 @@ def parse_fast(argv: List[str]) -> Optional[FastCall]:
         return None
     command, args = rest[0], rest[1:]
     if command in TRANSITIONS and len(args) == 1:
-        return FastCall(config, state_dir, verbosity, TRANSITIONS[command], args[0], False)
+        return FastCall(verbosity=verbosity, state=TRANSITIONS[command], group=args[0], via_notify=False, **paths)
     if command == "notify" and len(args) in (3, 4):
         kind, name, state = args[:3]
         if kind in NOTIFY_TYPES and state in NOTIFY_STATES and (len(args) == 3 or args[3].isdigit()):
-            return FastCall(config, state_dir, verbosity, state, name, True)
+            return FastCall(verbosity=verbosity, state=state, group=name, via_notify=True, **paths)
     return None
 
 
@@ -83,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .commands import transition
 
         code = transition(fast.config, fast.state_dir, fast.verbosity, fast.state, fast.group,
-                          fast.via_notify)
+                          fast.via_notify, fast.cache_dir)
         if argv is None:
             _finish(code)
         return code

@@ -15,9 +15,10 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "terminal_width": 88, "max_con
 
 
 class Options:
-    def __init__(self, config: Optional[str], state_dir: Optional[str], verbose: int):
+    def __init__(self, config: Optional[str], state_dir: Optional[str], cache_dir: Optional[str], verbose: int):
         self.config = config
         self.state_dir = state_dir
+        self.cache_dir = cache_dir
         self.verbose = verbose
 
 
@@ -26,20 +27,23 @@ class Options:
               help="Configuration file  [default: /etc/aws-vrrp-notify/config.toml]")
 @click.option("--state-dir", metavar="PATH", envvar="AWS_VRRP_NOTIFY_STATE_DIR", show_envvar=True,
               help="Lock and state files  [default: /run/aws-vrrp-notify]")
+@click.option("--cache-dir", metavar="PATH", envvar="AWS_VRRP_NOTIFY_CACHE_DIR", show_envvar=True,
+              help="Cache kept across reboots (trimmed botocore model)  [default: /var/cache/aws-vrrp-notify]")
 @click.option("-v", "--verbose", count=True, help="More logging (repeatable).")
 @click.version_option(__version__, "--version", prog_name="aws-vrrp-notify")
 @click.pass_context
-def cli(ctx: click.Context, config: Optional[str], state_dir: Optional[str], verbose: int) -> None:
+def cli(ctx: click.Context, config: Optional[str], state_dir: Optional[str], cache_dir: Optional[str],
+        verbose: int) -> None:
     """Make keepalived (VRRP) pairs work on AWS: on MASTER, move the virtual IP, VPC routes
     and Elastic IPs to this instance's ENIs. See aws-vrrp-notify(8)."""
-    ctx.obj = Options(config, state_dir, verbose)
+    ctx.obj = Options(config, state_dir, cache_dir, verbose)
 
 
 def _transition(ctx: click.Context, state: str, group: str, via_notify: bool = False) -> None:
     from .commands import transition
 
     opts: Options = ctx.obj
-    ctx.exit(transition(opts.config, opts.state_dir, opts.verbose, state, group, via_notify))
+    ctx.exit(transition(opts.config, opts.state_dir, opts.verbose, state, group, via_notify, opts.cache_dir))
 
 
 def _transition_command(state: str, summary: str) -> None:
@@ -79,7 +83,7 @@ def fifo(ctx: click.Context, path: Optional[str]) -> None:
     from .commands import fifo as run
 
     opts: Options = ctx.obj
-    ctx.exit(run(opts.config, opts.state_dir, opts.verbose, path))
+    ctx.exit(run(opts.config, opts.state_dir, opts.verbose, path, opts.cache_dir))
 
 
 @cli.command(context_settings=CONTEXT, short_help="Check the configuration file (and IAM permissions).")
@@ -113,7 +117,7 @@ def status(ctx: click.Context, section: Optional[str], as_json: bool) -> None:
     from .commands import status as run
 
     opts: Options = ctx.obj
-    ctx.exit(run(opts.config, opts.state_dir, opts.verbose, section, as_json))
+    ctx.exit(run(opts.config, opts.state_dir, opts.verbose, section, as_json, opts.cache_dir))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -126,4 +130,4 @@ def check(ctx: click.Context, as_json: bool, prometheus: Optional[str], repair: 
     from .commands import check as run
 
     opts: Options = ctx.obj
-    ctx.exit(run(opts.config, opts.state_dir, opts.verbose, as_json, prometheus, repair))
+    ctx.exit(run(opts.config, opts.state_dir, opts.verbose, as_json, prometheus, repair, opts.cache_dir))

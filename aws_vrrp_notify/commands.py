@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 from . import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
-from .state import DEFAULT_STATE_DIR, StateError, StateStore
+from .state import DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, StateError, StateStore
 
 from .logsetup import log
 
@@ -21,6 +21,15 @@ def config_path(explicit: Optional[str]) -> str:
 
 def state_dir(explicit: Optional[str]) -> str:
     return explicit or os.environ.get("AWS_VRRP_NOTIFY_STATE_DIR") or DEFAULT_STATE_DIR
+
+
+def cache_dir(explicit: Optional[str]) -> str:
+    return explicit or os.environ.get("AWS_VRRP_NOTIFY_CACHE_DIR") or DEFAULT_CACHE_DIR
+
+
+def open_store(state: Optional[str], cache: Optional[str]) -> StateStore:
+    """The state directory, with the model cache directory chosen by --cache-dir (or its default)."""
+    return StateStore(state_dir(state), cache_dir(cache))
 
 
 def load_config(explicit: Optional[str], state_root: Optional[str] = None) -> Config:
@@ -81,7 +90,7 @@ def _in_background(cfg: Config, group, store: StateStore, seq: int, prepare: boo
 
 
 def transition(config: Optional[str], state: Optional[str], verbosity: int, new_state: str,
-               group_name: str, via_notify: bool) -> int:
+               group_name: str, via_notify: bool, cache: Optional[str] = None) -> int:
     """One keepalived event: record it; on MASTER apply the group's actions."""
     from .logsetup import setup
 
@@ -100,7 +109,7 @@ def transition(config: Optional[str], state: Optional[str], verbosity: int, new_
                   ", ".join(sorted(cfg.groups)) or "none")
         return EXIT_USAGE
     try:
-        store = StateStore(state_dir(state)).ensure()
+        store = open_store(state, cache).ensure()
         if new_state != "MASTER":
             previous = (store.read(group.name) or {}).get("state")
             seq = store.record(group.name, new_state)
@@ -130,7 +139,7 @@ def _reporting_imds(cfg: Optional[Config]):
 
 
 def status(config: Optional[str], state: Optional[str], verbosity: int, section: Optional[str],
-           as_json: bool) -> int:
+           as_json: bool, cache: Optional[str] = None) -> int:
     """status [instance|network-port|ha-notification] [--json]."""
     from .imds import ImdsError
     from .logsetup import setup
@@ -173,7 +182,7 @@ def status(config: Optional[str], state: Optional[str], verbosity: int, section:
             out_json["network-ports"] = [p.to_dict() for p in ports]
             lines += port_lines(ports)
         if "ha-notification" in sections:
-            store = StateStore(state_dir(state))
+            store = open_store(state, cache)
             reports = observe_groups(cfg, store, imds, deadline)
             for report in reports:
                 if report.error:
@@ -188,7 +197,7 @@ def status(config: Optional[str], state: Optional[str], verbosity: int, section:
 
 
 def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: bool,
-          prometheus: Optional[str], repair: bool) -> int:
+          prometheus: Optional[str], repair: bool, cache: Optional[str] = None) -> int:
     """Drift report; exit status 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
     import time
 
@@ -220,7 +229,7 @@ def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: 
         return unknown("not running on AWS (no instance metadata service)")
     except ImdsError as exc:
         return unknown(str(exc))
-    store = StateStore(state_dir(state))
+    store = open_store(state, cache)
     reports = observe_groups(cfg, store, imds, deadline)
     if repair:
         # a group that yielded to another instance (split brain) is not taken back here
@@ -242,7 +251,8 @@ def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: 
     return worst
 
 
-def fifo(config: Optional[str], state: Optional[str], verbosity: int, path: Optional[str]) -> int:
+def fifo(config: Optional[str], state: Optional[str], verbosity: int, path: Optional[str],
+         cache: Optional[str] = None) -> int:
     """Long-running reader of keepalived's notify FIFO."""
     from .fifo import run_fifo
     from .logsetup import setup
@@ -253,7 +263,7 @@ def fifo(config: Optional[str], state: Optional[str], verbosity: int, path: Opti
     except ConfigError as exc:
         return report_config_error(exc)
     try:
-        store = StateStore(state_dir(state)).ensure()
+        store = open_store(state, cache).ensure()
     except StateError as exc:
         log.error("%s", exc)
         return EXIT_FAILED

@@ -1,14 +1,15 @@
 """EC2 client construction, calls with retries under a deadline, and batched reads.
 
-botocore is imported lazily (it costs ~150 ms) and only by the commands that talk to EC2.
-Retries are ours, not botocore's: every attempt is checked against the transition's
-deadline and against supersession, and the attempt count is reported when it fails.
+botocore is the only AWS client. It is imported lazily, only by the commands that talk to
+EC2, and loads the trimmed model of botomodel.py when one is cached. Retries are ours, not
+botocore's: every attempt is checked against the transition's deadline and against
+supersession, and the attempt count is reported when it fails. A problem in the client's
+own set-up (a missing profile, an unreadable CA bundle, ...) fails at once: no retry helps.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -39,8 +40,8 @@ class AwsError(Exception):
         self.code = code
         self.message = message
         self.attempts = attempts
-        plural = "s" if attempts != 1 else ""
-        super().__init__(f"{operation} failed: {code}: {message} ({attempts} attempt{plural})")
+        tries = f" ({attempts} attempt{'s' if attempts != 1 else ''})" if attempts else ""
+        super().__init__(f"{operation} failed: {code}: {message}{tries}")
 
 
 class Superseded(Exception):
@@ -67,20 +68,28 @@ def _retryable_answer(exc: Any) -> bool:
     return code in THROTTLING_CODES or code in TRANSIENT_CODES or status >= 500 or status == 429
 
 
-def is_retryable(exc: BaseException) -> bool:
-    from . import fastec2
+def _certificate_rejected(exc: Any) -> bool:
+    """A TLS failure that no retry can fix: the endpoint's certificate is not trusted, or
+    the CA bundle cannot be read or holds no certificate."""
+    import ssl
 
-    if isinstance(exc, fastec2.FastClientError):
-        return _retryable_answer(exc)
-    if isinstance(exc, fastec2.FastEc2Error):  # connection, timeout, unreadable 2xx: retry; creds/params: no
-        return isinstance(exc, (fastec2.FastConnectionError, fastec2.FastResponseParserError))
-    if "botocore" not in sys.modules:  # the fast client is in use: never import botocore to classify
-        return isinstance(exc, OSError)
-    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+    error = getattr(exc, "kwargs", {}).get("error")  # urllib3's SSLError, wrapping the cause
+    cause = error.args[0] if error is not None and error.args and isinstance(error.args[0], BaseException) else error
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return True
+    if isinstance(cause, ssl.SSLError):
+        return getattr(cause, "library", None) in ("X509", "PEM")
+    return isinstance(cause, OSError)  # the bundle file itself: missing, a directory, unreadable
+
+
+def is_retryable(exc: BaseException) -> bool:
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError, SSLError
     from botocore.parsers import ResponseParserError
 
     if isinstance(exc, ClientError):
         return _retryable_answer(exc)
+    if isinstance(exc, SSLError) and _certificate_rejected(exc):
+        return False
     return isinstance(exc, (BotoConnectionError, HTTPClientError, ResponseParserError, OSError))
 
 
@@ -198,45 +207,67 @@ def client_timeouts(deadline: Deadline) -> Tuple[float, float]:
     return min(CONNECT_TIMEOUT, max(0.5, budget / 4)), min(READ_TIMEOUT, max(1.0, budget / 3))
 
 
-def make_client(settings: AwsSettings, region: str, deadline: Deadline, state_root: Optional[str] = None,
-                imds_get: Optional[Callable[[str], str]] = None) -> Any:
-    """An EC2 client: the standard-library one (fastec2) when botocore would use the same
-    credentials and endpoint, else botocore's (AWS_VRRP_NOTIFY_BOTOCORE=1 forces botocore).
-    With ``state_root``, botocore loads the trimmed model cached there when there is one."""
-    if os.environ.get("AWS_VRRP_NOTIFY_BOTOCORE", "").lower() not in ("1", "true", "yes"):
-        from . import fastec2
+CREATE_CLIENT = "creating the EC2 client"
 
-        connect_timeout, read_timeout = client_timeouts(deadline)
-        client, why = fastec2.client_from_settings(settings, region, imds_get=imds_get,
-                                                   connect_timeout=connect_timeout, read_timeout=read_timeout)
-        if client is not None:
-            log.debug("EC2 client: standard library (%s)", why)
-            return client
-        log.debug("EC2 client: botocore (%s)", why)
-    else:
-        log.debug("EC2 client: botocore (AWS_VRRP_NOTIFY_BOTOCORE is set)")
-    from botocore.exceptions import BotoCoreError, DataNotFoundError, UnknownServiceError
 
+def make_client(settings: AwsSettings, region: str, deadline: Deadline, store: Any = None) -> Any:
+    """botocore's EC2 client, from the trimmed model cached for ``store`` (botomodel.cache_root)
+    when there is one. Raises AwsError at once when the client cannot be set up."""
+    import gc
+
+    collecting = gc.isenabled()  # keepalived's one-shot calls run without the cyclic GC (__main__.py)
+    gc.disable()  # importing botocore allocates a lot, nothing worth a collection
     try:
-        return _botocore_client(settings, region, deadline, state_root)
-    except (DataNotFoundError, UnknownServiceError):
-        raise
-    except BotoCoreError as exc:  # a missing profile, bad shared config, ...: an error, not a crash
-        raise AwsError("CreateClient", type(exc).__name__, str(exc), 0) from exc
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return _botocore_client(settings, region, deadline, store)
+        except BotoCoreError as exc:  # a missing profile, bad shared config, ...: an error, not a crash
+            raise AwsError(CREATE_CLIENT, type(exc).__name__, str(exc), 0) from exc
+    finally:
+        if collecting:
+            gc.freeze()  # a long-running reader (fifo) never walks botocore's objects again
+            gc.enable()
 
 
-def _botocore_client(settings: AwsSettings, region: str, deadline: Deadline, state_root: Optional[str]) -> Any:
+def _botocore_client(settings: AwsSettings, region: str, deadline: Deadline, store: Any) -> Any:
+    from json import JSONDecodeError
+
     from botocore.exceptions import DataNotFoundError, UnknownServiceError
 
     from . import botomodel
 
-    trimmed = botomodel.loader(state_root)
+    root = botomodel.cache_root(store) if store is not None else None
+    trimmed = botomodel.loader(root) if root else None
     if trimmed is not None:
         try:
-            return _make_client(settings, region, deadline, trimmed)
-        except (DataNotFoundError, UnknownServiceError, KeyError, ValueError) as exc:
-            log.debug("trimmed botocore model unusable (%s); using botocore's own", exc)
+            client = _make_client(settings, region, deadline, trimmed)
+            log.debug("botocore model: the trimmed copy in %s", root)
+            return client
+        except (DataNotFoundError, UnknownServiceError, KeyError, JSONDecodeError, UnicodeDecodeError) as exc:
+            log.debug("trimmed botocore model in %s unusable (%s); using botocore's own", root, exc)
+            botomodel.discard(root)
+    log.debug("botocore model: botocore's full data (no usable trimmed copy cached)")
     return _make_client(settings, region, deadline, None)
+
+
+def _check_ca_bundle(session: Any) -> None:
+    """A CA bundle that cannot serve is a configuration error, reported before any call
+    (botocore would only fail at the first HTTPS connection, and every retry the same)."""
+    path = session.get_config_variable("ca_bundle")
+    if not path:
+        return
+    import ssl
+
+    where = f"CA bundle {path} (AWS_CA_BUNDLE or the profile's ca_bundle)"
+    if not os.path.isfile(path):
+        problem = "does not exist" if not os.path.exists(path) else "is not a regular file"
+        raise AwsError(CREATE_CLIENT, "InvalidCABundle", f"{where} {problem}", 0)
+    try:
+        ssl.create_default_context(cafile=path)
+    except OSError as exc:  # ssl.SSLError included
+        reason = str(exc).split(" (_ssl.c:")[0]
+        raise AwsError(CREATE_CLIENT, "InvalidCABundle", f"{where} cannot be used: {reason}", 0) from None
 
 
 def _make_client(settings: AwsSettings, region: str, deadline: Deadline, data_loader: Any) -> Any:
@@ -245,6 +276,7 @@ def _make_client(settings: AwsSettings, region: str, deadline: Deadline, data_lo
     session = _session(settings)
     if data_loader is not None:
         session.register_component("data_loader", data_loader)
+    _check_ca_bundle(session)
     if settings.role_arn:
         _assume_role(session, settings, region, data_loader)
     connect_timeout, read_timeout = client_timeouts(deadline)

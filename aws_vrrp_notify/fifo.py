@@ -3,8 +3,8 @@
 keepalived writes one line per event, in order: ``INSTANCE "VI_1" MASTER 150`` or
 ``GROUP "G" BACKUP 0``. A reader thread records each state change the moment it
 arrives, so a MASTER being applied notices at once that it was superseded; a worker
-applies, in order, the last state of each group of a burst, with the metadata service
-and EC2 client kept warm between events.
+applies, in order, the last state of each group of a burst, with the EC2 client
+kept warm between events.
 
 Between events the worker keeps AWS right (docs/consistency.md): every
 ``[aws] reassert-interval`` seconds it reads AWS once for all groups recorded MASTER and
@@ -92,23 +92,20 @@ class ConfigWatcher:
 
 
 class Warm:
-    """What successive MASTER transitions share: the metadata client and the EC2 client."""
+    """What successive MASTER transitions share: the EC2 client (its connections and credentials)."""
 
     def __init__(self) -> None:
         self.client = None
         self.region: Optional[str] = None
         self.aws = None
-        self.imds = None
 
     def client_for(self, run) -> object:
         from .ec2 import make_client
         from .plan import region_of
 
-        self.imds = run.imds  # credential refreshes, hours later, use the current transition's client
         region = region_of(run.imds, run.store, run.config.aws.region)
         if self.client is None or region != self.region or run.config.aws != self.aws:
-            self.client = make_client(run.config.aws, region, run.deadline, run.store.root,
-                                      imds_get=lambda path: self.imds.get(path))
+            self.client = make_client(run.config.aws, region, run.deadline, run.store)
             self.region, self.aws = region, run.config.aws
         return self.client
 

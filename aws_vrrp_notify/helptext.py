@@ -12,6 +12,8 @@ Options:
                      [env var: AWS_VRRP_NOTIFY_CONFIG]
   --state-dir PATH   Lock and state files  [default: /run/aws-vrrp-notify]  [env var:
                      AWS_VRRP_NOTIFY_STATE_DIR]
+  --cache-dir PATH   Cache kept across reboots (trimmed botocore model)  [default:
+                     /var/cache/aws-vrrp-notify]  [env var: AWS_VRRP_NOTIFY_CACHE_DIR]
   -v, --verbose      More logging (repeatable).
   --version          Show the version and exit.
   -h, --help         Show this message and exit.

@@ -164,12 +164,11 @@ def _action_line(prober: Prober, action: Action, local: LocalEni, snap: Snapshot
 
 
 def check_permissions(config: Config, opts: Any) -> int:
-    from .commands import state_dir
-    from .state import StateStore
+    from .commands import open_store
 
     deadline = Deadline(config.aws.deadline)
     imds = ImdsClient(deadline=deadline)
-    store = StateStore(state_dir(getattr(opts, "state_dir", None)))
+    store = open_store(getattr(opts, "state_dir", None), getattr(opts, "cache_dir", None))
     lines: List[str] = []
     failed = False
     try:

@@ -129,7 +129,7 @@ def region_of(imds: ImdsClient, store: Optional[StateStore], configured: Optiona
 def ec2_client(config: Any, imds: ImdsClient, store: StateStore, deadline: Deadline) -> Any:
     """The EC2 client for this instance's region (from config, cache or IMDS)."""
     region = region_of(imds, store, config.aws.region)
-    return make_client(config.aws, region, deadline, store.root, imds_get=imds.get)
+    return make_client(config.aws, region, deadline, store)
 
 
 def fingerprint(actions: Sequence[Action], locals_: Sequence[Optional[LocalEni]]) -> str:

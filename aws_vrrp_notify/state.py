@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Optional
 
 DEFAULT_STATE_DIR = "/run/aws-vrrp-notify"
+DEFAULT_CACHE_DIR = "/var/cache/aws-vrrp-notify"  # survives a reboot, unlike /run (botomodel.py)
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
 LOCK_TIMEOUT = 10.0
 
@@ -89,8 +90,12 @@ class GroupLock:
 
 
 class StateStore:
-    def __init__(self, root: str):
+    """The state directory ``root``; ``model_cache`` is the directory that keeps, across
+    reboots, the trimmed botocore model (botomodel.cache_root decides whether it is used)."""
+
+    def __init__(self, root: str, model_cache: Optional[str] = None):
         self.root = root
+        self.model_cache = model_cache or DEFAULT_CACHE_DIR
         self.groups_dir = os.path.join(root, "groups")
         self.cache_dir = os.path.join(root, "cache")
 

@@ -27,7 +27,6 @@ writes still do not show at the deadline.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FuturesTimeout
@@ -470,8 +469,7 @@ def master_body(run: MasterRun) -> int:
     if failed:
         return _failed(run, "; ".join(f"{o.action.describe()}: {o.detail}" for o in failed))
     save_targets(run.store, run.group.name, run.plan)
-    if "botocore" in sys.modules:  # only the botocore client needs it; checking would import botocore
-        keep_trimmed_model(run.store)
+    keep_trimmed_model(run.store)
     log.info("group %s: %s done, %d action(s) in sync, %s", run.group.name, run.purpose,
              len(run.plan.usable()), _ms(run.deadline.elapsed()))
     run.store.finish(run.group.name, run.seq, "ok")
@@ -670,5 +668,4 @@ def prepare_group(config: Config, group: Group, store: StateStore) -> None:
     run.still_current = lambda: False  # type: ignore[method-assign]  # any write would be refused
     if run.imds.available():
         run.prepare()
-        if "botocore" in sys.modules:  # the standard-library client needs no botocore model
-            keep_trimmed_model(run.store)
+        keep_trimmed_model(run.store)

@@ -4,7 +4,7 @@ Both are plain ``ThreadingHTTPServer``s meant to listen on 127.0.0.1 only (by de
 private network namespace; see ``failover.py``).  Responses are canned and the "state" is two
 fields, so the server costs next to nothing per call and the numbers measure the client.
 
-Two details matter for the numbers (PERF.md section 5):
+Two details matter for the numbers:
 
 * every response is written with **one** ``write`` (status line, headers and body buffered
   together), and ``TCP_NODELAY`` is set; otherwise a keep-alive client stalls ~40 ms per call on
@@ -359,7 +359,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True     # TCP_NODELAY (PERF.md section 5)
+    disable_nagle_algorithm = True     # TCP_NODELAY: see the module docstring
     server_version = "fake-aws"
     sys_version = ""
 

@@ -16,6 +16,7 @@ Fixtures
                  None (no ``-c``).  ``env``: extra variables; a None value removes a default one.
                  ``state_dir``: True (per test and router, created 0700), a path, or False (none).
                  ``tool=[argv...]`` replaces the tool (stand-ins); ``check=True`` asserts rc 0.
+                 ``AWS_VRRP_NOTIFY_CACHE_DIR`` is the session's ``model_cache`` unless ``env`` says otherwise.
                  ``run_tool.popen(...)`` (same arguments) starts it without waiting; left-over
                  processes are SIGKILLed (by PID) at teardown.  ``run_tool.state_dir(router)``,
                  ``run_tool.write_config(router, text)``, ``run_tool.argv(...)``, ``run_tool.env(...)``.
@@ -184,8 +185,9 @@ def tool_command() -> tuple[list[str], dict]:
 
 
 class ToolRunner:
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, model_cache: Path):
         self.tmp = tmp_path
+        self.model_cache = model_cache
         self.procs: list[subprocess.Popen] = []
         self._n = 0
 
@@ -210,9 +212,8 @@ class ToolRunner:
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_CONFIG_FILE": "/dev/null",
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+            "AWS_VRRP_NOTIFY_CACHE_DIR": str(self.model_cache),
         }
-        if os.environ.get("AWS_VRRP_NOTIFY_BOTOCORE"):  # run the suite with botocore's client
-            e["AWS_VRRP_NOTIFY_BOTOCORE"] = os.environ["AWS_VRRP_NOTIFY_BOTOCORE"]
         if router is not None and not isinstance(router, str):
             e.update(router.env())
         e.update(extra or {})
@@ -282,9 +283,17 @@ def _name(router) -> str:
     return router if isinstance(router, str) else router.name
 
 
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """One trimmed-model cache for the session's tool runs (a machine's /var/cache/aws-vrrp-notify)."""
+    path = tmp_path_factory.mktemp("model-cache")
+    path.chmod(0o700)
+    return path
+
+
 @pytest.fixture
-def run_tool(tmp_path):
-    runner = ToolRunner(tmp_path)
+def run_tool(tmp_path, model_cache):
+    runner = ToolRunner(tmp_path, model_cache)
     yield runner
     runner.cleanup()
 

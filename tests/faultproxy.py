@@ -10,7 +10,8 @@
     proxy.injected          # Counter of (kind, action) faults injected
     proxy.close()
 
-The client points its endpoint at the proxy (``proxy.url``); the proxy forwards
+The client points its endpoint at the proxy (``proxy.url``, plus ``path_prefix`` when
+given: requests elsewhere get 404, the prefix is removed upstream); the proxy forwards
 to ``upstream`` (an ``http://127.0.0.1:<port>`` URL of this process's moto or
 IMDS) from this process.  Fault kinds:
 
@@ -154,7 +155,8 @@ class _Server(ThreadingHTTPServer):
 
 class FaultProxy:
     def __init__(self, upstream: str, *, ns: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 upstream_timeout: float = 60.0, label: str | None = None, principal: str = DEFAULT_PRINCIPAL):
+                 upstream_timeout: float = 60.0, label: str | None = None, principal: str = DEFAULT_PRINCIPAL,
+                 path_prefix: str = ""):
         u = urllib.parse.urlsplit(upstream)
         if u.scheme != "http" or u.hostname not in ("127.0.0.1", "localhost"):
             raise ValueError("upstream must be an http://127.0.0.1:<port> URL of this process")
@@ -163,6 +165,7 @@ class FaultProxy:
         self.upstream_timeout = upstream_timeout
         self.label = label  # sent upstream as X-Avn-Listener (Cloud.count_actions(listener=...))
         self.principal = principal  # who "denied" says was refused
+        self.path_prefix = path_prefix  # served under this path (an endpoint URL with a path); removed upstream
         self.rules: list[Rule] = []
         self.seen: list[tuple[str, str, str | None]] = []   # (method, path, action)
         self.counts: collections.Counter = collections.Counter()
@@ -285,6 +288,10 @@ class FaultProxy:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                     if proxy.label:
                         headers["X-Avn-Listener"] = proxy.label
+                    if proxy.path_prefix:
+                        if not (path + "/").startswith(proxy.path_prefix + "/"):
+                            return self._reply(404, b"not under " + proxy.path_prefix.encode(), ctype="text/plain")
+                        path = path[len(proxy.path_prefix):] or "/"
                     conn.request(self.command, path, body=body if body or n else None, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()

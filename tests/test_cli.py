@@ -46,6 +46,13 @@ def test_fast_path_parses_keepalived_calls(argv, expected):
     assert (call.state, call.group, call.via_notify) == expected
 
 
+@pytest.mark.parametrize("argv", [["--cache-dir", "/c", "-c", "x.toml", "master", "G"],
+                                  ["--cache-dir=/c", "--state-dir=/s", "--config=x.toml", "master", "G"]])
+def test_fast_path_reads_every_path_option(argv):
+    call = parse_fast(argv)
+    assert (call.cache_dir, call.config, call.state, call.group) == ("/c", "x.toml", "MASTER", "G")
+
+
 @pytest.mark.parametrize("argv", [["master"], ["master", "A", "B"], ["notify", "INSTANCE", "VI_1", "PRIMARY", "1"],
                                   ["notify", "HOST", "VI_1", "MASTER"], ["master", "--help"], ["status"],
                                   ["--bogus", "master", "A"], ["notify", "INSTANCE", "VI_1", "MASTER", "x"]])

@@ -473,6 +473,7 @@ private-ip = "{VIP}"
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_CONFIG_FILE": "/dev/null",
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+            "AWS_VRRP_NOTIFY_CACHE_DIR": str(d / "cache"),  # the lab writes nothing outside its workdir
             "LAB_NOTIFY_LOG": str(d / "notify.log"),
             "LAB_TOOL_LOG": str(d / "tool.log"),
         }
