@@ -51,7 +51,8 @@ def parse_fast(argv: List[str]) -> Optional[FastCall]:
         return FastCall(config, state_dir, verbosity, TRANSITIONS[command], args[0], False)
     if command == "notify" and len(args) in (3, 4):
         kind, name, state = args[:3]
-        if kind in NOTIFY_TYPES and state in NOTIFY_STATES and (len(args) == 3 or args[3].isdigit()):
+        priority_ok = len(args) == 3 or (args[3].isascii() and args[3].isdigit())  # as cli.Priority
+        if kind in NOTIFY_TYPES and state in NOTIFY_STATES and priority_ok:
             return FastCall(config, state_dir, verbosity, state, name, True)
     return None
 

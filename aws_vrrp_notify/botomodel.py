@@ -24,8 +24,13 @@ OPERATIONS = {
 GLOBAL_FILES = ("partitions", "sdk-default-configuration", "_retry")
 
 
-def directory(state_root: str, version: str) -> str:
-    return os.path.join(state_root, "cache", f"botocore-{version}")
+def directory(state_root: str, version: str) -> Optional[str]:
+    """The trimmed data of botocore ``version`` in the state directory's checked cache/ (reached
+    through its descriptor, see state.trusted_cache_dir); None when it was not opened."""
+    from .state import trusted_cache_dir
+
+    cache = trusted_cache_dir(state_root)
+    return None if cache is None else os.path.join(cache, f"botocore-{version}")
 
 
 def _shapes_used(model: Dict[str, Any], operations: Iterable[str]) -> Set[str]:
@@ -94,7 +99,7 @@ def build(state_root: str) -> Optional[str]:
     from botocore.loaders import Loader
 
     target = directory(state_root, botocore.__version__)
-    if os.path.isdir(target):
+    if target is None or os.path.isdir(target):
         return target
     loader = Loader()
     old_umask = os.umask(0o077)
@@ -135,7 +140,7 @@ def loader(state_root: Optional[str]) -> Optional[Any]:
     from botocore.loaders import Loader
 
     path = directory(state_root, botocore.__version__)
-    if not os.path.isfile(os.path.join(path, "endpoints.json")):
+    if path is None or not os.path.isfile(os.path.join(path, "endpoints.json")):
         return None
     return Loader(extra_search_paths=[path], include_default_search_paths=False,
                   include_default_extras=False)
@@ -146,8 +151,7 @@ def keep_trimmed_model(store: Any) -> None:
     try:
         import botocore
 
-        if not os.path.isdir(directory(store.root, botocore.__version__)):
-            store.ensure()
-            build(store.root)
+        store.ensure()
+        build(store.root)
     except Exception as exc:  # only speed is at stake
         log.debug("could not write the trimmed botocore model: %s", exc)

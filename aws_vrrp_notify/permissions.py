@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from . import EXIT_FAILED, EXIT_OK
 from .actions import Action, AssignPrivateIp, AssociateAddress, ChangeRoute, ResolveError, reads_for
-from .config import Config
+from .config import Config, key_text
 from .deadline import Deadline
 from .ec2 import AwsError, Ec2, fetch_snapshot
 from .imds import ImdsClient, ImdsError
@@ -62,36 +62,57 @@ def _action_probe(ec2: Ec2, action: Action, target: Dict[str, Any], eni: Dict[st
     return False, f"no permission probe for {action.TYPE}"
 
 
-def check_permissions(config: Config, opts: Any) -> int:
-    from .commands import state_dir
-    from .state import StateStore
+def _key_paths(config: Config) -> List[Tuple[str, Action]]:
+    """Every action with its key path as the configuration file spells it (groups.G.TYPE[i])."""
+    out = []
+    for group in config.groups.values():
+        seen: Dict[str, int] = {}
+        for action in group.actions:
+            index = seen[action.TYPE] = seen.get(action.TYPE, -1) + 1
+            out.append((f"groups.{key_text(group.name)}.{action.TYPE}[{index}]", action))
+    return out
 
+
+def check_permissions(config: Config, opts: Any) -> int:
+    """validate --permissions: one line per describe call and per action, then a conclusion."""
+    try:
+        return _check_permissions(config, opts)
+    except Exception as exc:  # reported, never a traceback
+        print(f"FAILED: unexpected error: {exc}")
+        return EXIT_FAILED
+
+
+def _check_permissions(config: Config, opts: Any) -> int:
+    from .commands import open_state, state_error_status
+    from .state import StateError
+
+    try:
+        store = open_state(getattr(opts, "state_dir", None), create=False)
+    except StateError as exc:
+        return state_error_status(exc)
     deadline = Deadline(config.aws.deadline)
     imds = ImdsClient(deadline=deadline)
-    store = StateStore(state_dir(getattr(opts, "state_dir", None)))
     lines: List[str] = []
-    failed = False
+    denied = unresolved = False
     try:
         if not imds.available():
             print("cannot prove permissions: not running on AWS (no instance metadata service)")
             return EXIT_FAILED
         ec2 = Ec2(ec2_client(config, imds, store, deadline), deadline)
         entries = []
-        for group in config.groups.values():
-            for i, action in enumerate(group.actions):
-                where = f"groups.{group.name}.{action.TYPE}"
-                try:
-                    entries.append((where, action, local_eni(imds, store, action.interface, action.vrf)))
-                except PlanError as exc:
-                    lines.append(f"{where}: {action.describe()}: FAILED: {exc}")
-                    failed = True
+        for where, action in _key_paths(config):
+            try:
+                entries.append((where, action, local_eni(imds, store, action.interface, action.vrf)))
+            except PlanError as exc:
+                lines.append(f"{where}: {action.describe()}: FAILED: {exc}")
+                unresolved = True
         actions = [a for _, a, _ in entries]
         kinds = set(reads_for(actions, "resolve", "observe")) | {"enis"}
         for kind, operation in (("enis", "describe_network_interfaces"), ("route_tables", "describe_route_tables"),
                                 ("addresses", "describe_addresses")):
             if kind in kinds:
                 ok, text = _probe(lambda op=operation: ec2.call(op, DryRun=True), dry_run=True)
-                failed |= not ok
+                denied |= not ok
                 lines.append(f"ec2:{ec2.client.meta.method_to_api_mapping[operation]}: {text}")
         snap = fetch_snapshot(ec2, kinds, vpc_ids=[l.vpc_id for _, _, l in entries])
         for where, action, local in entries:
@@ -99,17 +120,25 @@ def check_permissions(config: Config, opts: Any) -> int:
                 target = action.resolve(local, snap)
             except ResolveError as exc:
                 lines.append(f"{where}: {action.describe()}: FAILED: {exc}")
-                failed = True
+                unresolved = True
                 continue
             ok, text = _action_probe(ec2, action, target, snap.enis.get(local.eni_id, {}))
-            failed |= not ok
+            denied |= not ok
             lines.append(f"{where}: {action.describe()}: {text}")
-    except (ImdsError, AwsError, PlanError) as exc:
+    except AwsError as exc:
         lines.append(f"FAILED: {exc}")
-        failed = True
+        denied = denied or exc.code in DENIED
+        unresolved = unresolved or exc.code not in DENIED
+    except (ImdsError, PlanError) as exc:
+        lines.append(f"FAILED: {exc}")
+        unresolved = True
     print("\n".join(lines))
-    if failed:
+    if denied:
         print(f"some permissions are missing or could not be proved: {POLICY_HINT}")
+    if unresolved:
+        print("some actions could not be checked: an interface, VRF, subnet, route table or Elastic IP "
+              "above does not exist or cannot be reached (not a permission problem)")
+    if denied or unresolved:
         return EXIT_FAILED
     print(f"every configured action is permitted ({POLICY_HINT})")
     return EXIT_OK
