@@ -48,7 +48,8 @@ def parse_fast(argv: List[str]) -> Optional[FastCall]:
         return FastCall(verbosity=verbosity, state=TRANSITIONS[command], group=args[0], via_notify=False, **paths)
     if command == "notify" and len(args) in (3, 4):
         kind, name, state = args[:3]
-        if kind in NOTIFY_TYPES and state in NOTIFY_STATES and (len(args) == 3 or args[3].isdigit()):
+        priority_ok = len(args) == 3 or (args[3].isascii() and args[3].isdigit())  # as cli.Priority
+        if kind in NOTIFY_TYPES and state in NOTIFY_STATES and priority_ok:
             return FastCall(verbosity=verbosity, state=state, group=name, via_notify=True, **paths)
     return None
 

@@ -61,11 +61,23 @@ for _state in ("BACKUP", "FAULT", "STOP"):
     _transition_command(_state, f"keepalived notify_{_state.lower()}: record the transition (no AWS write).")
 
 
-@cli.command(context_settings=CONTEXT)
+class Priority(click.ParamType):
+    """keepalived's priority: ASCII digits only, as the fast path in __main__.py accepts them."""
+
+    name = "priority"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, int) or (value.isascii() and value.isdigit()):
+            return int(value)
+        self.fail(f"{value!r} is not a non-negative integer", param, ctx)
+
+
+# "-5" is an (invalid) PRIORITY, not an unknown option
+@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": True})
 @click.argument("type_", metavar="TYPE", type=click.Choice(["INSTANCE", "GROUP"]))
 @click.argument("name")
 @click.argument("state", type=click.Choice(["MASTER", "BACKUP", "FAULT", "STOP"]))
-@click.argument("priority", type=click.IntRange(min=0), required=False)
+@click.argument("priority", type=Priority(), required=False)
 @click.pass_context
 def notify(ctx: click.Context, type_: str, name: str, state: str, priority: Optional[int]) -> None:
     """keepalived generic notify script: TYPE NAME STATE [PRIORITY].

@@ -6,6 +6,7 @@ all problems of a file are reported at once. Nothing here touches AWS, IMDS or n
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import stat
@@ -14,13 +15,18 @@ TYPE_CHECKING = False  # typing costs ~5 ms of a keepalived BACKUP: annotations 
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .trust import file_kind, ownership_problem
+
 DEFAULT_CONFIG_PATH = "/etc/aws-vrrp-notify/config.toml"
 DEFAULT_DEADLINE = 30.0
+MIN_DEADLINE = 1.0  # a metadata request alone may take a second: see aws-vrrp-notify.toml(5)
 MAX_DEADLINE = 3600.0
 DEFAULT_CONSISTENCY_WINDOW = 5.0
 MAX_CONSISTENCY_WINDOW = 120.0
 DEFAULT_REASSERT_INTERVAL = 10.0
 MAX_REASSERT_INTERVAL = 3600.0
+MAX_FILE_SIZE = 1 << 20
+MAX_DEPTH = 32  # a valid file nests 6 levels (groups.NAME.action[i].key)
 MAX_GROUP_NAME = 128
 MAIN_VRF = "main"
 
@@ -42,6 +48,24 @@ class ConfigError(Exception):
 def _describe(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters escaped (\\n, \\u001b...): one line of output stays one."""
+    if text.isprintable():
+        return text
+    return "".join(_ESCAPES.get(c) or (c if c.isprintable() else f"\\u{ord(c):04x}") for c in text)
+
+
+def key_text(key: str) -> str:
+    """A TOML key as written in a key path: bare when it is plain printable ASCII, else quoted
+    with escapes, so that no key can break a problem line in two."""
+    if key and all(32 < ord(c) < 127 and c not in '"\\' for c in key):
+        return key
+    return '"' + escape_controls(key.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def _string(value: Any) -> str:
@@ -121,8 +145,8 @@ _IFNAME_MAX = 15  # IFNAMSIZ - 1
 
 def interface_name(value: Any) -> str:
     text = _string(value)
-    if len(text) > _IFNAME_MAX:
-        raise ValueError(f"{_describe(text)} is longer than {_IFNAME_MAX} characters (Linux interface name)")
+    if len(text.encode("utf-8")) > _IFNAME_MAX:
+        raise ValueError(f"{_describe(text)} is longer than {_IFNAME_MAX} bytes (Linux interface name)")
     if text in (".", "..") or any(c in text for c in "/:") or any(c.isspace() for c in text):
         raise ValueError(f"{_describe(text)} is not a valid Linux interface name")
     return text
@@ -158,8 +182,8 @@ role_arn = _matching(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$",
 def deadline_seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected a number of seconds, got {type(value).__name__} {_describe(value)}")
-    if not 0 < value <= MAX_DEADLINE or value != value:
-        raise ValueError(f"{value} is out of range (0 < deadline <= {MAX_DEADLINE:g} seconds)")
+    if not MIN_DEADLINE <= value <= MAX_DEADLINE:  # also false for NaN
+        raise ValueError(f"{value} is out of range ({MIN_DEADLINE:g} <= deadline <= {MAX_DEADLINE:g} seconds)")
     return float(value)
 
 
@@ -245,7 +269,7 @@ def read_table(table: Any, fields: Sequence[Field], where: str, problems: List[s
             hint = ""
             if key.replace("_", "-") in known:
                 hint = f" (keys are spelled with dashes: {key.replace('_', '-')})"
-            problems.append(f"{where}.{key}: unknown key{hint}")
+            problems.append(f"{where}.{key_text(key)}: unknown key{hint}")
     for f in fields:
         if f.key not in table:
             if f.required:
@@ -330,7 +354,7 @@ def parse(data: Mapping[str, Any], path: str) -> Config:
     problems: List[str] = []
     for key in data:
         if key not in ("aws", "groups"):
-            problems.append(f"{key}: unknown key (expected [aws] and [groups.NAME] tables)")
+            problems.append(f"{key_text(key)}: unknown key (expected [aws] and [groups.NAME] tables)")
     aws_values = read_table(data.get("aws", {}), AWS_FIELDS, "aws", problems) or {}
     aws = AwsSettings(**aws_values) if aws_values else AwsSettings()
 
@@ -341,7 +365,7 @@ def parse(data: Mapping[str, Any], path: str) -> Config:
         problems.append(f"groups: expected a table of groups, got {type(raw_groups).__name__}")
         raw_groups = {}
     for name, body in raw_groups.items():
-        where = f"groups.{name}"
+        where = f"groups.{key_text(name)}"
         bad_name = _check_group_name(name)
         if bad_name:
             problems.append(f"{where}: {bad_name}")
@@ -353,7 +377,7 @@ def parse(data: Mapping[str, Any], path: str) -> Config:
         for key, entries in body.items():
             cls = ACTION_TYPES.get(key)
             if cls is None:
-                problems.append(f"{where}.{key}: unknown action type (expected one of "
+                problems.append(f"{where}.{key_text(key)}: unknown action type (expected one of "
                                 f"{', '.join(ACTION_TYPES)})")
                 continue
             if isinstance(entries, dict):
@@ -376,6 +400,8 @@ def parse(data: Mapping[str, Any], path: str) -> Config:
         if not actions and len(problems) == problems_before:
             problems.append(f"{where}: group has no action")
         groups[name] = Group(name=name, actions=tuple(actions))
+    if not raw_groups and isinstance(data.get("groups", {}), dict):
+        problems.append("groups: no group is configured (add a [groups.NAME] table with at least one action)")
     if problems:
         raise ConfigError(path, problems)
     return Config(path=path, aws=aws, groups=groups)
@@ -389,97 +415,128 @@ def _toml_module():
     return tomllib
 
 
-def check_file_security(path: str, st: os.stat_result) -> Optional[str]:
-    """Like keepalived's script security: as root, the file must be root's and not writable by others."""
-    if os.geteuid() != 0:
-        return None
-    if st.st_uid != 0:
-        return "refusing a configuration file not owned by root (chown root)"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return "refusing a configuration file writable by group or others (chmod go-w)"
-    return None
+def check_file_security(st: os.stat_result) -> Optional[str]:
+    """Like keepalived's script security: the file must be the running user's (or root's) and
+    writable by nobody else."""
+    problem = ownership_problem(st)
+    return f"refusing a configuration file {problem}" if problem else None
 
 
-def _cached_document(cache_dir: Optional[str], path: str, st: os.stat_result):
-    """(cache file, key, document or None): the decoded TOML kept from an earlier run.
+def _open_problem(exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "no such file (use --config or AWS_VRRP_NOTIFY_CONFIG)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"cannot open: {exc.strerror}"
 
-    Decoding needs tomllib, whose import (regex compiles) costs ~5-8 ms of a keepalived
-    transition; an unchanged file (same inode, size, mtime, ctime) is read back as JSON."""
-    if not cache_dir:
-        return None, None, None
-    import hashlib
-    import json
 
-    name = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16]
-    cache = os.path.join(cache_dir, f"config-{name}.json")
-    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+def _read_config_file(path: str) -> Tuple[os.stat_result, bytes]:
+    """The file's status and up to 1 MiB + 1 bytes of it; never blocks, never follows a symlink.
+
+    lstat comes first so that a device node is never even opened (opening some has side
+    effects); the descriptor is then checked to be that same regular file."""
+    if not path:
+        raise ConfigError(path, ["empty path (give -c PATH or AWS_VRRP_NOTIFY_CONFIG)"])
     try:
-        with open(cache) as fh:
-            cached = json.load(fh)
-        if cached.get("key") == key and isinstance(cached.get("document"), dict):
-            return cache, key, cached["document"]
-    except (OSError, ValueError, AttributeError):
-        pass
-    return cache, key, None
-
-
-def _store_document(cache: Optional[str], key: Optional[str], data: Dict[str, Any]) -> None:
-    if not cache:
-        return
-    import json
-
-    tmp = f"{cache}.{os.getpid()}.tmp"
-    old_umask = os.umask(0o077)  # the state directory is private (state.py makes it so too)
+        before = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(path, [_open_problem(exc)]) from None
+    if stat.S_ISLNK(before.st_mode):
+        raise ConfigError(path, ["is a symbolic link; it is not followed (give the path of the file itself)"])
+    if stat.S_ISDIR(before.st_mode):
+        raise ConfigError(path, ["is a directory, not a configuration file"])
+    if not stat.S_ISREG(before.st_mode):
+        raise ConfigError(path, [f"not a regular file ({file_kind(before.st_mode)})"])
     try:
-        os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"key": key, "document": data}, fh)
-        os.replace(tmp, cache)
-    except (OSError, TypeError, ValueError):  # e.g. TOML dates are not JSON: just no cache
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(path, [_open_problem(exc)]) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise ConfigError(path, ["replaced while being opened; try again"])
+        insecure = check_file_security(st)
+        if insecure:
+            raise ConfigError(path, [insecure])
+        chunks = []
+        left = MAX_FILE_SIZE + 1
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
     finally:
-        os.umask(old_umask)
+        os.close(fd)
+    return st, b"".join(chunks)
 
 
-def load(path: str, cache_dir: Optional[str] = None) -> Config:
-    """Read, decode and validate ``path``; raises ConfigError with every problem found.
+def _too_deep(document: Any) -> bool:
+    """Nested deeper than MAX_DEPTH (iteratively: no recursion limit to hit)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return False
 
-    With ``cache_dir`` (the state directory's cache), an unchanged file is not decoded again;
-    it is always validated again."""
-    try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(path, ["not a regular file"])
-            insecure = check_file_security(path, st)
-            if insecure:
-                raise ConfigError(path, [insecure])
-            cache, key, document = _cached_document(cache_dir, path, st)
-            if document is not None:
-                return parse(document, path)
-            raw = fh.read((1 << 20) + 1)
-    except FileNotFoundError:
-        raise ConfigError(path, ["no such file (use --config or AWS_VRRP_NOTIFY_CONFIG)"]) from None
-    except IsADirectoryError:
-        raise ConfigError(path, ["is a directory, not a configuration file"]) from None
-    except PermissionError:
-        raise ConfigError(path, ["permission denied"]) from None
-    if len(raw) > 1 << 20:
-        raise ConfigError(path, ["larger than 1 MiB; this is not a configuration file"])
+
+def _decode(path: str, raw: bytes) -> Dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(path, [f"line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})"]) from None
     tomllib = _toml_module()
+    too_deep = ConfigError(path, [f"nested more than {MAX_DEPTH} levels deep; this is not a configuration file"])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"TOML syntax error: {exc}"]) from None
+    except RecursionError:
+        raise too_deep from None
+    if _too_deep(data):
+        raise too_deep
+    return data
+
+
+def _cache_entry(path: str, st: os.stat_result, raw: bytes) -> Tuple[str, str]:
+    """(cache entry name, validity key) of the decoded document of ``path``.
+
+    The key binds the entry to the file's identity and to a hash of the very bytes just
+    read from the checked descriptor, so a cached document is only ever one decoded from
+    this file's current content (the cache directory itself is checked by state.py)."""
+    import hashlib
+
+    name = "config-" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16]
+    key = (f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:"
+           f"{hashlib.sha256(raw).hexdigest()}")
+    return name, key
+
+
+def load(path: str, cache: Any = None) -> Config:
+    """Read, decode and validate ``path``; raises ConfigError with every problem found.
+
+    ``cache`` (a state.StateStore) keeps the decoded document of an unchanged file: decoding
+    needs tomllib, whose import costs ~5-8 ms of a keepalived transition. A cached document
+    is validated again every time."""
+    st, raw = _read_config_file(path)
+    if len(raw) > MAX_FILE_SIZE:
+        raise ConfigError(path, ["larger than 1 MiB; this is not a configuration file"])
+    name = key = None
+    if cache is not None:
+        name, key = _cache_entry(path, st, raw)
+        cached = cache.cache_get(name)
+        if cached and cached.get("key") == key and isinstance(cached.get("document"), dict):
+            return parse(cached["document"], path)
+    data = _decode(path, raw)
     config = parse(data, path)
-    _store_document(cache, key, data)  # only a valid document is kept
+    if cache is not None:
+        cache.cache_put(name, {"key": key, "document": data})  # only a valid document is kept
     return config

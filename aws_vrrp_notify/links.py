@@ -26,7 +26,10 @@ NLMSG_DONE = 3
 RTM_NEWLINK = 16
 RTM_GETLINK = 18
 NLM_F_REQUEST = 0x1
+NLM_F_DUMP_INTR = 0x10  # the kernel's link list changed during the dump: it may be inconsistent
 NLM_F_DUMP = 0x300
+DUMP_ATTEMPTS = 3
+DEFAULT_TIMEOUT = 5.0  # seconds, when the caller has no deadline of its own
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MASTER = 10
@@ -85,6 +88,19 @@ def parse_link(payload: bytes) -> Link:
     return Link(**values)  # type: ignore[arg-type]
 
 
+def dump_interrupted(data: bytes) -> bool:
+    """Whether any message of a buffer carries NLM_F_DUMP_INTR."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, _type, flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if flags & NLM_F_DUMP_INTR:
+            return True
+        if length < _NLMSGHDR.size:
+            break
+        offset += (length + 3) & ~3
+    return False
+
+
 def parse_messages(data: bytes) -> Tuple[List[Link], bool]:
     """Decode a buffer of netlink messages; returns the links and whether NLMSG_DONE was seen."""
     links: List[Link] = []
@@ -112,22 +128,39 @@ def dump_request(seq: int = 1) -> bytes:
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
-def dump_links(sock: socket.socket) -> List[Link]:
-    sock.sendall(dump_request())
+def _dump_once(sock: socket.socket, seq: int) -> Tuple[List[Link], bool]:
+    """One RTM_GETLINK dump read to its end: (links, whether the kernel flagged it interrupted)."""
+    sock.sendall(dump_request(seq))
     links: List[Link] = []
+    interrupted = False
     while True:
-        data = sock.recv(1 << 16)
+        try:
+            data = sock.recv(1 << 16)
+        except socket.timeout:
+            raise LinkError(f"netlink did not answer a link dump within {sock.gettimeout():g}s") from None
+        except OSError as exc:
+            raise LinkError(f"netlink link dump failed: {exc.strerror or exc}") from None
         if not data:
             raise LinkError("netlink socket closed during a link dump")
+        interrupted = interrupted or dump_interrupted(data)
         batch, done = parse_messages(data)
         links.extend(batch)
         if done:
+            return links, interrupted
+
+
+def dump_links(sock: socket.socket) -> List[Link]:
+    """Every link; a dump the kernel flags as interrupted (links changing meanwhile) is redone."""
+    for seq in range(1, DUMP_ATTEMPTS + 1):
+        links, interrupted = _dump_once(sock, seq)
+        if not interrupted:
             return links
+    raise LinkError(f"the link dump was interrupted {DUMP_ATTEMPTS} times (interfaces keep changing)")
 
 
-def _netlink_socket() -> socket.socket:
+def _netlink_socket(timeout: float = DEFAULT_TIMEOUT) -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    sock.settimeout(5.0)
+    sock.settimeout(timeout)
     sock.bind((0, 0))
     return sock
 
@@ -136,16 +169,22 @@ def netns_path(name: str) -> str:
     return os.path.join(NETNS_DIR, name)
 
 
-def _socket_in_netns(name: str) -> socket.socket:
+def _socket_in_netns(name: str, timeout: float = DEFAULT_TIMEOUT) -> socket.socket:
     """A netlink socket living in the named namespace; the calling thread never moves.
 
     setns() applies to the calling thread only, so a short-lived thread enters the
-    namespace, creates the socket (which stays bound to that namespace) and ends.
+    namespace, creates the socket (which stays bound to that namespace) and ends. It is
+    waited for at most ``timeout`` seconds; a thread still stuck then is left behind
+    (a daemon thread: it never keeps the process alive) and closes what it makes.
     """
     import ctypes
 
-    fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LinkError(f"cannot open network namespace {netns_path(name)}: {exc.strerror}") from None
     result: Dict[str, object] = {}
+    handover = threading.Lock()  # the caller takes the socket, or the late thread closes it
 
     def enter_and_create() -> None:
         try:
@@ -153,24 +192,34 @@ def _socket_in_netns(name: str) -> socket.socket:
             if libc.setns(fd, CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"setns into network namespace {name}: {os.strerror(err)}")
-            result["sock"] = _netlink_socket()
+            result["sock"] = _netlink_socket(timeout)
         except BaseException as exc:  # handed to the caller
             result["error"] = exc
+        finally:
+            os.close(fd)
+            with handover:
+                result["done"] = True
+                if "abandoned" in result and "sock" in result:
+                    result["sock"].close()  # type: ignore[attr-defined]
 
-    try:
-        worker = threading.Thread(target=enter_and_create, name=f"netns-{name}")
-        worker.start()
-        worker.join()
-    finally:
-        os.close(fd)
+    worker = threading.Thread(target=enter_and_create, name=f"netns-{name}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    with handover:
+        if "done" not in result:
+            result["abandoned"] = True
+            raise LinkError(f"entering network namespace {name} did not finish within {timeout:g}s")
     if "error" in result:
         raise LinkError(str(result["error"]))
     return result["sock"]  # type: ignore[return-value]
 
 
-def links_in(namespace: Optional[str]) -> List[Link]:
-    """Every link of a namespace (None: the command's own)."""
-    sock = _netlink_socket() if namespace is None else _socket_in_netns(namespace)
+def links_in(namespace: Optional[str], timeout: float = DEFAULT_TIMEOUT) -> List[Link]:
+    """Every link of a namespace (None: the command's own), within ``timeout`` seconds per step."""
+    try:
+        sock = _netlink_socket(timeout) if namespace is None else _socket_in_netns(namespace, timeout)
+    except OSError as exc:
+        raise LinkError(f"cannot open a netlink socket: {exc.strerror or exc}") from None
     with sock:
         return dump_links(sock)
 
@@ -210,7 +259,7 @@ def select_interface(links: List[Link], interface: str, vrf: str, vrf_device_mod
 
 def find_link(interface: str, vrf: str = MAIN_VRF,
               dump: Callable[[Optional[str]], List[Link]] = links_in) -> Link:
-    """Resolve interface + VRF to its link; ``dump`` is replaceable for tests."""
+    """Resolve interface + VRF to its link; ``dump`` is replaceable (tests, a deadline's timeout)."""
     if vrf == MAIN_VRF:
         return select_interface(dump(None), interface, vrf, vrf_device_mode=False)
     if namespace_exists(vrf):
@@ -218,7 +267,8 @@ def find_link(interface: str, vrf: str = MAIN_VRF,
     return select_interface(dump(None), interface, vrf, vrf_device_mode=True)
 
 
-def mac_of(interface: str, vrf: str = MAIN_VRF) -> str:
-    mac = find_link(interface, vrf).mac
+def mac_of(interface: str, vrf: str = MAIN_VRF, timeout: float = DEFAULT_TIMEOUT) -> str:
+    """The MAC address of an interface, each netlink step given at most ``timeout`` seconds."""
+    mac = find_link(interface, vrf, dump=lambda namespace: links_in(namespace, timeout)).mac
     assert mac is not None
     return mac

@@ -20,6 +20,7 @@ DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARNING", ERROR: "ERROR"}
 SYSLOG_PRIORITY = {DEBUG: 7, INFO: 6, WARNING: 4, ERROR: 3}
 SYSLOG_SOCKET = "/dev/log"
+SYSLOG_TIMEOUT = 0.5
 LOG_DAEMON = 3
 # Lines without any of these (lower-cased) or "@" are logged as they are, without
 # compiling the patterns of redact() (an import of re's compiler on the BACKUP path).
@@ -35,7 +36,7 @@ class Logger:
         self.syslog = None
         self.configured = False
         self._lock = _thread.allocate_lock()
-        self.pid = os.getpid()
+        self._stream = False  # /dev/log is a stream socket (syslog-ng, some containers)
 
     def setup(self, verbosity: int = 0) -> "Logger":
         if self.configured:
@@ -46,19 +47,52 @@ class Logger:
         self.stderr_level = DEBUG if verbosity >= 2 else INFO if (verbosity or on_terminal) else WARNING
         self.timings = verbosity >= 2
         if os.path.exists(SYSLOG_SOCKET):  # no syslog daemon (containers, tests): stderr only
-            import socket
-
-            self.syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._connect()
         return self
 
-    def log(self, level: int, message: str, *args: object) -> None:
+    def _connect(self) -> None:
+        """A socket connected to SYSLOG_SOCKET: datagram, else stream (as logging's SysLogHandler)."""
+        import socket
+
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+            sock.settimeout(SYSLOG_TIMEOUT)  # a daemon that does not read must not stall a failover
+            try:
+                sock.connect(SYSLOG_SOCKET)
+            except OSError:
+                sock.close()
+                continue
+            self.syslog, self._stream = sock, kind == socket.SOCK_STREAM
+            return
+        self.syslog = None
+
+    def _send_syslog(self, level: int, name: str, text: str) -> None:
+        # the PID is read at each line: a forked background child logs with its own
+        line = f"<{LOG_DAEMON * 8 + SYSLOG_PRIORITY[level]}>aws-vrrp-notify[{os.getpid()}]: {name} {text}"
+        data = line.encode("utf-8", "replace")[:8192] + (b"\0" if self._stream else b"")
+        for attempt in (1, 2):  # a syslog hiccup must never break a failover
+            try:
+                if self.syslog is not None:
+                    self.syslog.sendall(data)
+                return
+            except OSError:  # the daemon restarted (a long-running fifo reader): reconnect once
+                if attempt == 2:
+                    return
+                try:
+                    self.syslog.close()  # type: ignore[union-attr]
+                except OSError:
+                    pass
+                self._connect()
+
+    def log(self, level: int, message: str, *args: object, stderr: bool = True) -> None:
+        """One line to syslog and (``stderr``: unless the caller prints the same itself) stderr."""
         if level < self.level and level < self.stderr_level:
             return
         text = message % args if args else message
         text = redact(text)
         name = NAMES[level]
         with self._lock:
-            if level >= self.stderr_level:
+            if stderr and level >= self.stderr_level:
                 stamp = f"{(time.monotonic() - START) * 1000:6.0f} ms " if self.timings else ""
                 try:
                     sys.stderr.write(f"aws-vrrp-notify: {stamp}{name}: {text}\n")
@@ -66,11 +100,7 @@ class Logger:
                 except (OSError, ValueError):
                     pass
             if self.syslog is not None and level >= self.level:
-                line = f"<{LOG_DAEMON * 8 + SYSLOG_PRIORITY[level]}>aws-vrrp-notify[{self.pid}]: {name} {text}"
-                try:  # a syslog hiccup must never break a failover
-                    self.syslog.sendto(line.encode("utf-8", "replace")[:8192], SYSLOG_SOCKET)
-                except OSError:
-                    pass
+                self._send_syslog(level, name, text)
 
     def debug(self, message: str, *args: object) -> None:
         self.log(DEBUG, message, *args)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from . import EXIT_FAILED, EXIT_OK
 from .actions import Action, AssignPrivateIp, AssociateAddress, ChangeRoute, LocalEni, ResolveError, reads_for
-from .config import Config
+from .config import Config, key_text
 from .deadline import Deadline
 from .ec2 import READ_KINDS, AwsError, Ec2, Snapshot, fetch_snapshot
 from .imds import ImdsClient, ImdsError
@@ -40,6 +40,7 @@ class Probe(NamedTuple):
     ok: bool
     text: str
     carried_out: bool = False  # the endpoint ignored DryRun: the request was really made
+    unresolved: bool = False  # not a permission question: the resource does not exist
 
 
 def _probe(call: Callable[[], Any], dry_run: bool, effect: str = "") -> Probe:
@@ -159,18 +160,42 @@ def _action_line(prober: Prober, action: Action, local: LocalEni, snap: Snapshot
     try:
         target = action.resolve(local, snap)
     except ResolveError as exc:
-        return Probe(False, f"FAILED: {exc}")
+        return Probe(False, f"FAILED: {exc}", unresolved=True)
     return prober.action(action, target, local, snap)
 
 
-def check_permissions(config: Config, opts: Any) -> int:
-    from .commands import open_store
+def _key_paths(config: Config) -> List[Tuple[str, Action]]:
+    """Every action with its key path as the configuration file spells it (groups.G.TYPE[i])."""
+    out = []
+    for group in config.groups.values():
+        seen: Dict[str, int] = {}
+        for action in group.actions:
+            index = seen[action.TYPE] = seen.get(action.TYPE, -1) + 1
+            out.append((f"groups.{key_text(group.name)}.{action.TYPE}[{index}]", action))
+    return out
 
+
+def check_permissions(config: Config, opts: Any) -> int:
+    """validate --permissions: one line per describe call and per action, then a conclusion."""
+    try:
+        return _check_permissions(config, opts)
+    except Exception as exc:  # reported, never a traceback
+        print(f"FAILED: unexpected error: {exc}")
+        return EXIT_FAILED
+
+
+def _check_permissions(config: Config, opts: Any) -> int:
+    from .commands import open_state, state_error_status
+    from .state import StateError
+
+    try:
+        store = open_state(getattr(opts, "state_dir", None), create=False, cache=getattr(opts, "cache_dir", None))
+    except StateError as exc:
+        return state_error_status(exc)
     deadline = Deadline(config.aws.deadline)
     imds = ImdsClient(deadline=deadline)
-    store = open_store(getattr(opts, "state_dir", None), getattr(opts, "cache_dir", None))
     lines: List[str] = []
-    failed = False
+    failed = unresolved = False
     try:
         if not imds.available():
             print("cannot prove permissions: not running on AWS (no instance metadata service)")
@@ -178,28 +203,37 @@ def check_permissions(config: Config, opts: Any) -> int:
         ec2 = Ec2(ec2_client(config, imds, store, deadline), deadline)
         prober = Prober(ec2, imds)
         entries = []
-        for group in config.groups.values():
-            for action in group.actions:
-                where = f"groups.{group.name}.{action.TYPE}"
-                try:
-                    entries.append((where, action, local_eni(imds, store, action.interface, action.vrf)))
-                except PlanError as exc:
-                    lines.append(f"{where}: {action.describe()}: FAILED: {exc}")
-                    failed = True
+        for where, action in _key_paths(config):
+            try:
+                entries.append((where, action, local_eni(imds, store, action.interface, action.vrf)))
+            except PlanError as exc:
+                lines.append(f"{where}: {action.describe()}: FAILED: {exc}")
+                unresolved = True
         wanted = set(reads_for([a for _, a, _ in entries], "resolve", "observe")) | {"enis"}
         snap, missing = _read(ec2, prober, [k for k in READ_KINDS if k in wanted],
                               [l.vpc_id for _, _, l in entries], lines)
         failed |= bool(missing)
         for where, action, local in entries:
             probe = _action_line(prober, action, local, snap, missing)
-            failed |= not probe.ok
+            if probe.unresolved:
+                unresolved = True
+            else:
+                failed |= not probe.ok
             lines.append(f"{where}: {action.describe()}: {probe.text}")
-    except (ImdsError, AwsError, PlanError) as exc:
+    except AwsError as exc:
         lines.append(f"FAILED: {exc}")
-        failed = True
+        failed = failed or exc.code in DENIED
+        unresolved = unresolved or exc.code not in DENIED
+    except (ImdsError, PlanError) as exc:
+        lines.append(f"FAILED: {exc}")
+        unresolved = True
     print("\n".join(lines))
     if failed:
         print(f"some permissions are missing or could not be proved: {POLICY_HINT}")
+    if unresolved:
+        print("some actions could not be checked: an interface, VRF, subnet, route table or Elastic IP "
+              "above does not exist or cannot be reached (not a permission problem)")
+    if failed or unresolved:
         return EXIT_FAILED
     print(f"every configured action is permitted ({POLICY_HINT})")
     return EXIT_OK

@@ -20,6 +20,7 @@ from .imds import ImdsClient, ImdsError, ImdsNotFound
 from .links import LinkError, mac_of
 from .state import StateStore
 
+NETLINK_TIMEOUT = 5.0  # seconds, within the transition's deadline
 STALE_CODES = frozenset({"InvalidRouteTableID.NotFound", "InvalidAllocationID.NotFound",
                          "InvalidNetworkInterfaceID.NotFound", "InvalidAssociationID.NotFound"})
 
@@ -59,8 +60,8 @@ def _mac_cache_key(mac: str) -> str:
 
 def local_eni(imds: ImdsClient, store: Optional[StateStore], interface: str, vrf: str,
               use_cache: bool = True) -> LocalEni:
-    try:
-        mac = mac_of(interface, vrf)
+    try:  # netlink is local and answers in milliseconds; the cap only matters if it hangs
+        mac = mac_of(interface, vrf, timeout=min(NETLINK_TIMEOUT, max(0.05, imds.deadline.remaining())))
     except LinkError as exc:
         raise PlanError(str(exc)) from None
     cached = store.cache_get(_mac_cache_key(mac)) if (store and use_cache) else None

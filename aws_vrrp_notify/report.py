@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .actions import Action, ResolveError, reads_for
-from .config import Config
+from .config import Config, escape_controls
 from .deadline import Deadline
 from .ec2 import AwsError, Ec2, fetch_snapshot
 from .imds import ImdsClient, ImdsError, dmi_says_ec2
@@ -139,12 +139,17 @@ def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline
 # ---------------------------------------------------------------- status rendering
 
 
+def _one_line_each(lines: List[str]) -> List[str]:
+    """Names and texts from AWS, IMDS, sysfs or the state directory cannot forge an output line."""
+    return [escape_controls(line) for line in lines]
+
+
 def instance_lines(identity: Dict[str, Any]) -> List[str]:
-    lines = ["aws"]
+    lines = ["aws"]  # the router CLI's heading (the JSON key and the argument say "instance")
     for key, doc_key in IDENTITY_KEYS:
         if identity.get(doc_key) is not None:
             lines.append(f"{INDENT}{key} {identity[doc_key]}")
-    return lines
+    return _one_line_each(lines)
 
 
 def instance_json(identity: Dict[str, Any]) -> Dict[str, Any]:
@@ -168,7 +173,7 @@ def port_lines(ports: Sequence[Any]) -> List[str]:
             lines.append(f"{INDENT}vrf {p.vrf}")
         if p.aws_interface_id:
             lines.append(f"{INDENT}aws-interface-id {p.aws_interface_id}")
-    return lines
+    return _one_line_each(lines)
 
 
 def ha_lines(reports: Sequence[GroupReport]) -> List[str]:
@@ -178,7 +183,7 @@ def ha_lines(reports: Sequence[GroupReport]) -> List[str]:
         for entry in report.actions:
             if entry.in_sync:
                 lines.append(f"{INDENT * 2}{entry.action.describe()}")
-    return lines
+    return _one_line_each(lines)
 
 
 def ha_json(reports: Sequence[GroupReport]) -> Dict[str, Any]:
@@ -195,24 +200,33 @@ def ha_json(reports: Sequence[GroupReport]) -> Dict[str, Any]:
 # ---------------------------------------------------------------- check outputs
 
 
-def check_lines(reports: Sequence[GroupReport]) -> Tuple[int, List[str]]:
+def check_lines(reports: Sequence[GroupReport], error: Optional[str] = None) -> Tuple[int, List[str]]:
+    """(exit status, lines): one per group, then the summary; ``error`` (the check could not
+    tell) makes it UNKNOWN and is the summary."""
     results = [(r, *r.check()) for r in reports]
-    worst = max((code for _, code, _ in results), default=OK)
+    worst = UNKNOWN if error else max((code for _, code, _ in results), default=OK)
     lines = [f"{r.name} {STATUS_NAMES[code]}: {text}" for r, code, text in results]
-    counts = {name: sum(1 for _, c, _ in results if c == code) for code, name in STATUS_NAMES.items()}
-    summary = ", ".join(f"{n} {name.lower()}" for name, n in counts.items())
-    lines.append(f"aws-vrrp-notify check {STATUS_NAMES[worst]}: {len(results)} group(s): {summary}")
-    return worst, lines
+    if error:
+        lines.append(f"aws-vrrp-notify check UNKNOWN: {error}")
+    else:
+        counts = {name: sum(1 for _, c, _ in results if c == code) for code, name in STATUS_NAMES.items()}
+        summary = ", ".join(f"{n} {name.lower()}" for name, n in counts.items())
+        lines.append(f"aws-vrrp-notify check {STATUS_NAMES[worst]}: {len(results)} group(s): {summary}")
+    return worst, _one_line_each(lines)
 
 
-def check_json(reports: Sequence[GroupReport], worst: int) -> Dict[str, Any]:
+def check_json(reports: Sequence[GroupReport], worst: int, error: Optional[str] = None,
+               problems: Optional[List[str]] = None) -> Dict[str, Any]:
     groups = []
     for report in reports:
         code, text = report.check()
         groups.append({"name": report.name, "state": report.state, "status": STATUS_NAMES[code],
                        "exit-code": code, "in-sync": report.in_sync, "summary": text,
                        "actions": [a.to_dict() for a in report.actions], "error": report.error})
-    return {"status": STATUS_NAMES[worst], "exit-code": worst, "groups": groups}
+    out: Dict[str, Any] = {"status": STATUS_NAMES[worst], "exit-code": worst, "groups": groups, "error": error}
+    if problems is not None:
+        out["problems"] = problems
+    return out
 
 
 def _label(value: str) -> str:

@@ -18,7 +18,7 @@ SAFE_ENV = {**os.environ, "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1
 
 def run(*args, **kw):
     return subprocess.run([sys.executable, "-m", "aws_vrrp_notify", *args], capture_output=True, text=True,
-                          env=SAFE_ENV, **kw)
+                          env={**SAFE_ENV, "AWS_EC2_METADATA_DISABLED": "true"}, **kw)
 
 
 def test_fast_help_is_what_click_renders():
@@ -84,3 +84,25 @@ def test_keepalived_path_never_imports_heavy_modules(argv, tmp_path):
         else argv
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=SAFE_ENV)
     assert "HEAVY [] 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("priority", ["١٢", "-5", "+5", "1e3", " 7"])
+def test_fast_path_and_click_agree_on_a_bad_priority(priority):
+    argv = ["notify", "INSTANCE", "VI_1", "BACKUP", priority]
+    assert parse_fast(argv) is None  # the fast path leaves it to click ...
+    proc = run(*argv)  # ... which names the argument, not an unknown option
+    assert proc.returncode == 2 and "Invalid value for '[PRIORITY]'" in proc.stderr, proc.stderr
+    assert "No such option" not in proc.stderr
+
+
+def test_empty_paths_are_errors_not_the_defaults(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[groups.A]\n[[groups.A.assign-private-ip]]\nip = "10.0.1.100"\ninterface = "eth0"\n')
+    os.chmod(cfg, 0o600)
+    state = ["--state-dir", str(tmp_path / "state")]
+    for argv in (["-c", "", "validate"], ["-c", "", *state, "backup", "A"], ["--config=", *state, "check"]):
+        proc = run(*argv, cwd=tmp_path)
+        assert proc.returncode in (2, 3) and "empty path" in proc.stderr + proc.stdout, proc.stderr
+        assert "/etc/aws-vrrp-notify/config.toml" not in proc.stderr + proc.stdout
+    proc = run("-c", str(cfg), "--state-dir", "", "backup", "A", cwd=tmp_path)
+    assert proc.returncode == 2 and "empty path" in proc.stderr

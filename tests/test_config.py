@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from aws_vrrp_notify.actions import AssignPrivateIp, AssociateAddress, ChangeRoute
 from aws_vrrp_notify.config import ConfigError, load, parse
+from aws_vrrp_notify.state import StateStore
 
 HERE = pathlib.Path(__file__).parent
 BAD = HERE / "bad_configs"
@@ -95,14 +96,15 @@ def test_bad_config_corpus(name):
     assert info.value.problems == expected
 
 
-@pytest.mark.parametrize("name", ["several_problems", "syntax_error", "non_utf8"])
+@pytest.mark.parametrize("name", CORPUS)
 def test_validate_command_reports_every_problem(name, tmp_path):
+    """The whole corpus through the command line: exit 2, one line per problem, no traceback."""
     path = str(BAD / f"{name}.toml")
     os.chmod(path, 0o600)
-    proc = subprocess.run([sys.executable, "-m", "aws_vrrp_notify", "-c", path, "validate"],
+    proc = subprocess.run([sys.executable, "-m", "aws_vrrp_notify", "-c", path, "validate"], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true"})
-    assert proc.returncode == 2
-    assert proc.stdout == ""
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
     assert lines[0] == f"aws-vrrp-notify: configuration error in {path}:"
     assert [l.strip() for l in lines[1:]] == (BAD / f"{name}.expected").read_text().splitlines()
@@ -125,7 +127,7 @@ def test_group_writable_file_is_refused(tmp_path):
     os.chown(path, 65534, 0)
     with pytest.raises(ConfigError) as info:
         load(path)
-    assert info.value.problems == ["refusing a configuration file not owned by root (chown root)"]
+    assert info.value.problems == ["refusing a configuration file not owned by root but by uid 65534 (chown root)"]
 
 
 toml_scalars = st.one_of(st.text(max_size=20), st.integers(), st.floats(allow_nan=False), st.booleans())
@@ -166,18 +168,59 @@ def test_any_bytes_give_a_config_or_a_clean_error(tmp_path_factory, data):
 
 
 def test_decoded_document_cache(tmp_path):
-    cache = tmp_path / "cache"
-    cache.mkdir()
+    store = StateStore(str(tmp_path / "state")).ensure()
+    cache = tmp_path / "state" / "cache"
     path = write(tmp_path, GOOD)
-    first = load(path, str(cache))
+    first = load(path, store)
     files = list(cache.glob("config-*.json"))
     assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
-    assert load(path, str(cache)) == first  # read back from the cache
+    assert load(path, store) == first  # read back from the cache
     # a changed file is decoded again, and a cached document is validated again
     pathlib.Path(path).write_text(GOOD.replace("deadline = 12.5", "deadline = 7"))
-    assert load(path, str(cache)).aws.deadline == 7
+    assert load(path, store).aws.deadline == 7
     pathlib.Path(path).write_text("[groups.A]\n")
     with pytest.raises(ConfigError):
-        load(path, str(cache))
+        load(path, store)
     with pytest.raises(ConfigError):
-        load(path, str(cache))
+        load(path, store)
+
+
+def test_cached_document_is_bound_to_the_files_content(tmp_path):
+    """Same inode, size and times, other bytes (a clock step, a coarse timestamp): decoded again."""
+    store = StateStore(str(tmp_path / "state")).ensure()
+    path = write(tmp_path, GOOD)
+    assert load(path, store).aws.deadline == 12.5
+    before = os.stat(path)
+    with open(path, "r+") as fh:  # same size, same inode
+        fh.write(GOOD.replace("deadline = 12.5", "deadline = 17.5"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load(path, store).aws.deadline == 17.5
+
+
+nested = st.recursive(toml_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                            st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+                      max_leaves=60)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nested, st.integers(min_value=0, max_value=60), st.sampled_from(["ip", "x", "vrf"]))
+def test_nested_values_anywhere_give_a_clean_error(value, depth, key):
+    for _ in range(depth):
+        value = [value]
+    doc = {"groups": {"A": {"assign-private-ip": [{"ip": "10.0.1.5", "interface": "eth0", key: value}]}}}
+    try:
+        parse(doc, "fuzz.toml")
+    except ConfigError as exc:
+        assert exc.problems and all("\n" not in p for p in exc.problems)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=1, max_value=20000), st.sampled_from(["[", "{a = ", "[{b = ["]))
+def test_deeply_nested_text_gives_a_clean_error(tmp_path_factory, depth, opener):
+    closer = {"[": "]", "{a = ": "}", "[{b = [": "]}]"}[opener]
+    path = tmp_path_factory.mktemp("deep") / "c.toml"
+    path.write_text("x = " + opener * depth + "1" + closer * depth + "\n")
+    os.chmod(path, 0o600)
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    assert info.value.problems

@@ -693,3 +693,23 @@ def test_completion_recipe_works():
     env.update(_AWS_VRRP_NOTIFY_COMPLETE="bash_complete", COMP_WORDS="aws-vrrp-notify status ", COMP_CWORD="2")
     answer = _run(main, env=env, cwd=REPO)
     assert answer.stdout.split() == ["plain,instance", "plain,network-port", "plain,ha-notification"]
+
+
+def test_status_text_sends_readers_to_check_and_json():
+    """The status texts keep the SPEC's shapes; the documentation says what they do not show."""
+    status = " ".join(read_page(MAN8)["COMMANDS"].subsections["status"].text().split())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for text in (status, readme):
+        assert "headed aws" in text.replace("`", "")
+        assert "looks exactly like a healthy BACKUP" in text
+        assert "check" in text and "status --json" in text.replace("`", "")
+    assert "Without any such interface, the text output is empty." in status
+
+
+def test_trust_rules_are_documented():
+    options = " ".join(read_page(MAN8)["OPTIONS"].text().split())
+    assert "not writable by group or others" in options and "symbolic link" in options
+    description = " ".join(read_page(MAN5)["DESCRIPTION"].text().split())
+    assert "a symbolic link is not followed" in description and "without being opened" in description
+    deadline = " ".join(read_page(MAN5)["THE [aws] TABLE"].text().split())
+    assert "at least 1 and at most 3600" in deadline and "connection timeout is 1 second" in deadline

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -128,3 +130,79 @@ def test_main_namespace_is_the_commands_own(namespace):
     proc = subprocess.run(["ip", "netns", "exec", namespace, os.sys.executable, "-c", code],
                           capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "02:00:00:00:07:07"
+
+
+def flagged_interrupted(buffer: bytes) -> bytes:
+    """The same messages, the first one carrying NLM_F_DUMP_INTR as the kernel sets it."""
+    length, kind, flags, seq, pid = links._NLMSGHDR.unpack_from(buffer, 0)
+    return links._NLMSGHDR.pack(length, kind, flags | links.NLM_F_DUMP_INTR, seq, pid) + buffer[16:]
+
+
+class CannedNetlink:
+    """Stands in for a netlink socket: each dump request is answered with the next canned buffer."""
+
+    def __init__(self, *answers: bytes):
+        self.answers = list(answers)
+        self.pending = []
+        self.requests = 0
+
+    def sendall(self, data):
+        self.requests += 1
+        self.pending = [self.answers.pop(0)] if self.answers else []
+
+    def recv(self, size):
+        if not self.pending:
+            raise socket.timeout("timed out")
+        return self.pending.pop(0)
+
+    def gettimeout(self):
+        return 0.25
+
+
+def test_an_interrupted_dump_is_done_again():
+    stale = flagged_interrupted(rtm_newlink(6, "ens6-old", "0e:00:00:00:00:66") + DONE)
+    sock = CannedNetlink(stale, VRF_DUMP)
+    assert [l.name for l in links.dump_links(sock)] == ["lo", "ens6", "blue", "ens7", "br0", "ens9"]
+    assert sock.requests == 2
+    with pytest.raises(LinkError, match="interrupted 3 times"):
+        links.dump_links(CannedNetlink(stale, stale, stale, VRF_DUMP))
+
+
+def test_a_silent_netlink_socket_is_a_link_error():
+    with pytest.raises(LinkError, match=r"did not answer a link dump within 0.25s"):
+        links.dump_links(CannedNetlink())
+
+
+def test_netlink_waits_no_longer_than_the_transitions_deadline(monkeypatch):
+    from aws_vrrp_notify.deadline import Deadline
+    from aws_vrrp_notify.imds import ImdsClient
+    from aws_vrrp_notify.plan import PlanError, local_eni
+
+    timeouts = []
+    real = links._netlink_socket
+
+    def recording(timeout=links.DEFAULT_TIMEOUT):
+        timeouts.append(timeout)
+        return real(timeout)
+
+    monkeypatch.setattr(links, "_netlink_socket", recording)
+    imds = ImdsClient(endpoint="http://127.0.0.1:9/", deadline=Deadline(1.5))
+    with pytest.raises(PlanError, match="has no MAC address"):  # lo; no metadata request is made
+        local_eni(imds, None, "lo", "main")
+    assert len(timeouts) == 1 and 1.0 < timeouts[0] <= 1.5
+
+
+@needs_root
+def test_a_stuck_namespace_thread_is_not_waited_for_forever(namespace, monkeypatch):
+    real = links._netlink_socket
+
+    def stuck(timeout=links.DEFAULT_TIMEOUT):
+        time.sleep(2)
+        return real(timeout)
+
+    monkeypatch.setattr(links, "_netlink_socket", stuck)
+    started = time.monotonic()
+    with pytest.raises(LinkError, match=f"entering network namespace {namespace} did not finish within 0.3s"):
+        links.links_in(namespace, timeout=0.3)
+    assert time.monotonic() - started < 1.5
+    time.sleep(2)  # the late thread closes its socket and ends before the namespace goes

@@ -213,3 +213,50 @@ def test_missing_syslog_is_not_an_error(monkeypatch, tmp_path):
     log = logsetup.Logger().setup(0)
     log.error("still reported")
     assert sys.stderr.getvalue() == "aws-vrrp-notify: ERROR: still reported\n"
+
+
+def test_stream_syslog_socket(monkeypatch, tmp_path):
+    """syslog-ng and some containers offer /dev/log as a stream socket: NUL-terminated messages."""
+    path = str(tmp_path / "log.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    server.settimeout(2)
+    monkeypatch.setattr(logsetup, "SYSLOG_SOCKET", path)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    log = logsetup.Logger().setup(0)
+    log.error("over a stream")
+    log.info("and another")
+    conn, _ = server.accept()
+    conn.settimeout(2)
+    data = b""
+    while data.count(b"\0") < 2:
+        data += conn.recv(4096)
+    pid = os.getpid()
+    assert data == (f"<27>aws-vrrp-notify[{pid}]: ERROR over a stream\0"
+                    f"<30>aws-vrrp-notify[{pid}]: INFO and another\0").encode()
+
+
+def test_forked_child_logs_with_its_own_pid(monkeypatch, tmp_path):
+    log, server, _ = fresh_logger(monkeypatch, tmp_path)
+    child = os.fork()
+    if child == 0:  # the background preparation of a backup is such a child
+        try:
+            log.info("from the child")
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert server.recv(4096).decode() == f"<30>aws-vrrp-notify[{child}]: INFO from the child"
+
+
+def test_syslog_daemon_restart_is_survived(monkeypatch, tmp_path):
+    log, server, _ = fresh_logger(monkeypatch, tmp_path)
+    log.info("before")
+    assert server.recv(4096).endswith(b"INFO before")
+    server.close()  # the daemon restarts: a new socket at the same path
+    os.unlink(tmp_path / "log.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(tmp_path / "log.sock"))
+    server.settimeout(2)
+    log.info("after")
+    assert server.recv(4096).endswith(b"INFO after")

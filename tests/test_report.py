@@ -207,8 +207,8 @@ def test_validate_permissions(routers, run_tool):
               routers.cloud.eip_association())
     proc = ok(run_tool(r1, "validate", "--permissions", config=config))
     lines = proc.stdout.splitlines()
-    assert any(l.startswith("groups.VI_1.change-route: change-route") and "DryRun" in l for l in lines)
-    assert any(l.startswith("groups.VI_1.assign-private-ip:") and "allowed (no-op request" in l for l in lines)
+    assert any(l.startswith("groups.VI_1.change-route[0]: change-route") and "DryRun" in l for l in lines)
+    assert any(l.startswith("groups.VI_1.assign-private-ip[0]:") and "allowed (no-op request" in l for l in lines)
     assert "contrib/iam" in lines[-1]
     after = (routers.cloud.who_holds(VIP), routers.cloud.route_target(topo.route_tables["wan"], "0.0.0.0/0"),
              routers.cloud.eip_association())
@@ -223,7 +223,7 @@ def test_validate_permissions_reports_a_denied_action(routers, run_tool, fault_p
     config = cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]))
     proc = run_tool(r1, "validate", "--permissions", config=config, env=proxy.env)
     assert proc.returncode == 1
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("groups.VI_1.change-route"))
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("groups.VI_1.change-route[0]: "))
     assert "DENIED: UnauthorizedOperation" in line
     assert any(l.startswith("groups.VI_1.assign-private-ip") and "allowed" in l for l in proc.stdout.splitlines())
     assert "contrib/iam" in proc.stdout.splitlines()[-1]
@@ -242,6 +242,43 @@ def test_validate_permissions_reports_a_missing_interface(routers, run_tool):
     proc = run_tool(routers.r1, "validate", "--permissions", config=cfg(assign(interface="ens42")))
     assert proc.returncode == 1
     assert "interface ens42 does not exist" in proc.stdout
+
+
+def test_what_does_not_exist_is_not_sent_to_iam(routers, run_tool):
+    """A missing interface or Elastic IP is named with its key path, and is no permission problem."""
+    topo = routers.topology
+    config = cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]),
+                 route(destination="::/0", interface="eth9", route_table=topo.route_tables["wan"]),
+                 eip(public_ip="198.51.100.77"))
+    proc = run_tool(routers.r1, "validate", "--permissions", config=config)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(l.startswith("groups.VI_1.change-route[1]: ") and "interface eth9 does not exist" in l for l in lines)
+    assert any(l.startswith("groups.VI_1.associate-address[0]: ") and "FAILED" in l and "198.51.100.77" in l
+               for l in lines)
+    assert any(l.startswith("groups.VI_1.change-route[0]: ") and "allowed" in l for l in lines)
+    assert "permissions are missing" not in proc.stdout and "contrib/iam" not in proc.stdout
+    assert "not a permission problem" in lines[-1]
+
+
+def test_status_network_port_without_any_port_prints_nothing(routers, run_tool, tmp_path):
+    proc = ok(run_tool(routers.r1, "status", "network-port", env={"AWS_VRRP_NOTIFY_SYSFS": str(tmp_path)}))
+    assert proc.stdout == ""
+    data = json.loads(ok(run_tool(routers.r1, "status", "network-port", "--json",
+                                  env={"AWS_VRRP_NOTIFY_SYSFS": str(tmp_path)})).stdout)
+    assert data == {"network-ports": []}
+
+
+def test_check_names_a_corrupt_record(routers, run_tool):
+    r1 = routers.r1
+    config = cfg(assign())
+    groups = run_tool.state_dir(r1) / "groups"
+    groups.mkdir(mode=0o700)
+    (groups / "VI_1.json").write_text('{"group": "VI_1", "state": "MASTER", "seq": "x"}')
+    proc = run_tool(r1, "check", config=config)
+    assert proc.returncode == 3 and "corrupt" in proc.stderr and "VI_1.json" in proc.stderr
+    ok(run_tool(r1, "master", "VI_1", config=config))
+    assert ok(run_tool(r1, "check", config=config)).stdout.startswith("VI_1 OK: MASTER")
 
 
 def test_validate_alone_touches_nothing(routers, run_tool):
