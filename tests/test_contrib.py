@@ -20,9 +20,12 @@ reproduced in the lab instead:
   ``systemd-analyze syscall-filter``), socket families in ``RestrictAddressFamilies=``,
   ``setns`` only into namespace types ``RestrictNamespaces=`` allows and no namespace
   created, no writable+executable memory (``MemoryDenyWriteExecute=``), files written only
-  in ``ReadWritePaths=``/``RuntimeDirectory=``/private /tmp (``ProtectSystem=strict``),
-  device nodes that ``PrivateDevices=`` keeps, and only this process's own /proc entries
-  (``ProcSubset=pid``, ``ProtectProc=invisible``).
+  in the test's stand-ins for ``ReadWritePaths=`` and ``RuntimeDirectory=``
+  (``ProtectSystem=strict``; the check needs not even its private /tmp), device nodes that
+  ``PrivateDevices=`` keeps, and only this process's own /proc entries (``ProcSubset=pid``,
+  ``ProtectProc=invisible``).
+
+Only services are rated and run: the timer in contrib/systemd runs nothing itself.
 
 A negative control shows the capability emulation bites: without CAP_SYS_ADMIN the check
 cannot enter a VRF that is a network namespace.

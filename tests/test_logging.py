@@ -160,7 +160,8 @@ def test_real_botocore_debug_lines_leak_nothing(monkeypatch, tmp_path):
     handler = logging.Handler(logging.DEBUG)
     handler.emit = records.append  # type: ignore[method-assign]
     botocore_log = logging.getLogger("botocore")
-    monkeypatch.setattr(botocore_log, "level", logging.DEBUG)
+    level = botocore_log.level
+    botocore_log.setLevel(logging.DEBUG)  # setLevel, not the attribute: it clears logging's level cache
     botocore_log.addHandler(handler)
     try:
         client = botocore.session.get_session().create_client(
@@ -172,6 +173,7 @@ def test_real_botocore_debug_lines_leak_nothing(monkeypatch, tmp_path):
                                  NetworkInterfaceId="eni-0abc")
     finally:
         botocore_log.removeHandler(handler)
+        botocore_log.setLevel(level)
         endpoint.shutdown()
         endpoint.server_close()
     lines = [r.getMessage() for r in records]
