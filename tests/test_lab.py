@@ -538,7 +538,8 @@ def test_run_tool_plumbing(routers, run_tool, tmp_path):
     assert env["AWS_ACCESS_KEY_ID"] == "testing" and env["AWS_SHARED_CREDENTIALS_FILE"] == "/dev/null"
     assert "AWS_CONFIG_FILE" not in env
     assert set(env) <= {"PATH", "AWS_ENDPOINT_URL_EC2", "AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_ACCESS_KEY_ID",
-                        "AWS_SECRET_ACCESS_KEY", "AWS_SHARED_CREDENTIALS_FILE", "RC", "LC_CTYPE"}
+                        "AWS_SECRET_ACCESS_KEY", "AWS_SHARED_CREDENTIALS_FILE", "RC", "LC_CTYPE",
+                        "AWS_VRRP_NOTIFY_CACHE_DIR"}
     procs = [run_tool.popen(r, "status", tool=[sys.executable, str(echo)]) for r in routers]
     outs = [json.loads(p.communicate(timeout=20)[0]) for p in procs]
     assert [o["env"]["AWS_ENDPOINT_URL_EC2"] for o in outs] == [r.moto_url for r in routers]
