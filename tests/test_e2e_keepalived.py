@@ -109,6 +109,7 @@ def test_failover_moves_aws_to_the_backup(lab, fault):
         lab.start_router("r1", **FAST)
     elif fault == "stop":
         assert_check(lab)
+        lab.current("r1").proc.wait(timeout=30)  # keepalived may still be running its STOP scripts
         lab.start_router("r1", **FAST)
     else:
         assert_check(lab)
