@@ -156,6 +156,8 @@ def routers(_lab_net, aws):
     # call the shared simulated AWS during later tests.
     for r in _lab_net:
         kill_namespace_processes(r.ns, r.vrf)
+        # a VRRP-only partition (Lab.partition) is a permanent neighbour entry: none may outlive a test
+        ip("neigh", "flush", "dev", "eth0", "nud", "permanent", ns=r.ns, check=False)
 
 
 def kill_namespace_processes(*namespaces: str) -> None:

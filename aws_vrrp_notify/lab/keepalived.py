@@ -10,32 +10,45 @@
         took = lab.wait_aws_points_to("r2", timeout=10)   # seconds from the kill to AWS on r2
         print(lab.check("r2").returncode)    # aws-vrrp-notify check, inside r2's namespace
 
+    with Lab(mode="fifo", aws_options={"reassert-interval": 2}) as lab:   # one `fifo` reader per keepalived
+        lab.start_routers("r1", "r2")        # both at once, cold neighbour caches (the start-up race)
+        lab.partition()                      # VRRP cut (AWS still reachable): both become MASTER
+        lab.heal()
+
 Each router runs keepalived 2.x inside its namespace (``ip netns exec``), with a
 vrrp_instance ``VI_1`` on eth0 (unicast 10.0.1.11 <-> 10.0.1.12) whose
 ``notify_master/backup/fault/stop`` lines call the installed ``aws-vrrp-notify``
 with a per-router configuration (``assign-private-ip`` of the VIP 10.0.1.100 on
 eth0, ``change-route`` 0.0.0.0/0 of the wan subnet via eth1, ``change-route`` ::/0
 of the lan route table via eth0, ``associate-address`` of the lab's Elastic IP to
-the VIP).  keepalived hands the tool only ``AWS_ENDPOINT_URL_EC2`` and static
-credentials: the tool finds its instance metadata at the real 169.254.169.254
+the VIP).  In ``fifo`` mode keepalived instead runs one ``aws-vrrp-notify fifo``
+per launch as its ``vrrp_notify_fifo_script``.  keepalived hands the tool only
+``AWS_ENDPOINT_URL_EC2`` and static credentials: the tool finds its instance metadata at the real 169.254.169.254
 inside the router namespace, as on EC2.
 
 What the lab observes, without touching the tool:
 
 * keepalived's own state changes, in order, from its ``notify_fifo`` (one FIFO
   per keepalived launch, read by a thread of this process): :meth:`Lab.events`,
-  :meth:`Lab.keepalived_state`;
+  :meth:`Lab.keepalived_state`.  keepalived 2.2.7 writes every VRRP line to both this
+  global FIFO and the ``vrrp_notify_fifo`` of fifo mode, ``MASTER_RX_LOWER_PRI`` included;
 * every notify call, through a tiny bash wrapper on the notify lines that logs
   ``start`` / ``end rc=N`` with ``$EPOCHREALTIME`` and keeps the tool's stderr
   (``<workdir>/<router>/notify.log`` and ``tool.log``): :meth:`Lab.notify_calls`;
 * what AWS does, read from moto's backend in this process (no HTTP, no request
-  recorded) every 10 ms: :meth:`Lab.aws_view`, :meth:`Lab.wait_aws_points_to`.
+  recorded) every 10 ms: :meth:`Lab.aws_view`, :meth:`Lab.wait_aws_points_to`,
+  :meth:`Lab.aws_leaves`.
+
+Faults besides crash, stop and link down: :meth:`Lab.partition` cuts VRRP only (each
+side gets a permanent neighbour entry giving the peer's eth0 address a MAC nobody has,
+so the unicast adverts go nowhere while moto and the metadata service, on each router's
+loopback, stay reachable) and :meth:`Lab.heal` restores it.
 
 Cleanup (:meth:`Lab.close`, also on an exception or Ctrl-C inside ``with``)
 stops every keepalived it started by PID (SIGTERM, then SIGKILL of the parent
-and its VRRP child), removes ``/run/keepalived/<ns>`` leftovers and the VIP
-keepalived left on eth0, and, when the lab built them, deletes the namespaces
-and stops the servers.  keepalived is started with a parent-death signal, so it
+and its VRRP child), heals a partition, removes ``/run/keepalived/<ns>``
+leftovers and the VIP keepalived left on eth0, and, when the lab built them,
+deletes the namespaces and stops the servers.  keepalived is started with a parent-death signal, so it
 also stops if this process dies without cleaning up.  Start routers from the
 thread that will live longest (the main thread): the parent-death signal
 follows the starting thread.
@@ -55,7 +68,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 from .netns import ip
 
@@ -65,6 +78,9 @@ VIP = "10.0.1.100"
 GROUP = "VI_1"
 VRID = 51
 PRIORITIES = {"r1": 150, "r2": 100}
+STATES = ("MASTER", "BACKUP", "FAULT", "STOP")   # keepalived's states; its FIFO also carries other lines
+MODES = ("notify", "fifo")
+NOWHERE_MAC = "02:00:5e:00:de:ad"   # a locally administered MAC no interface of the lab has
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLL = 0.01
 
@@ -144,7 +160,7 @@ class NotifyCall:
 
     @property
     def command(self) -> str:   # "master", "backup", ...
-        for verb in ("master", "backup", "fault", "stop", "notify"):
+        for verb in ("master", "backup", "fault", "stop", "notify", "fifo"):
             if verb in self.args:
                 return verb
         return self.args[-2] if len(self.args) >= 2 else ""
@@ -158,6 +174,7 @@ class _Launch:
     pidfile: Path
     vrrp_pidfile: Path
     fifo: Path
+    tool_fifo: Optional[Path]   # fifo mode: the FIFO keepalived writes for the tool
     log: Path
     priority: int
     version: int
@@ -233,11 +250,21 @@ class Lab:
     ``on_event``: called (from reader threads) with every :class:`Event` and
     :class:`NotifyCall` as it is seen, and with ``("tool", router, line)`` for the
     tool's log lines; used by the demo to print the failover as it happens.
+
+    ``mode``: how keepalived runs the tool. ``"notify"``: one command per event from the
+    instance's ``notify_master/backup/fault/stop`` lines. ``"fifo"``: one long-running
+    ``aws-vrrp-notify fifo`` per keepalived launch, as its ``vrrp_notify_fifo_script``
+    (keepalived appends the FIFO's path); the lab's own ``notify_fifo`` still reports the
+    states. ``aws_options``: extra ``[aws]`` keys of the tool's configuration, e.g.
+    ``{"reassert-interval": 2, "consistency-window": 1}``.
     """
 
     def __init__(self, cloud=None, routers=None, *, workdir: Optional[os.PathLike] = None,
                  tool: Optional[str] = None, tool_verbose: int = 1, deadline: float = 20,
-                 on_event: Optional[Callable[[object], None]] = None, wrap: bool = True):
+                 on_event: Optional[Callable[[object], None]] = None, wrap: bool = True,
+                 mode: str = "notify", aws_options: Optional[Mapping[str, object]] = None):
+        if mode not in MODES:
+            raise LabError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.cloud = cloud
         if routers is not None and not isinstance(routers, dict):
             routers = {r.name: r for r in routers}
@@ -252,6 +279,9 @@ class Lab:
         self.deadline = deadline
         self.on_event = on_event
         self.wrap = wrap
+        self.mode = mode
+        self.aws_options = dict(aws_options or {})
+        self.partitioned = False
         self.launches: Dict[str, List[_Launch]] = {}
         self._events: List[Event] = []
         self._calls: Dict[tuple, NotifyCall] = {}
@@ -333,6 +363,8 @@ class Lab:
             for name in list(self.launches):
                 for launch in self.launches[name]:
                     self._terminate(name, launch)
+            if self.partitioned:
+                self.heal(check=False)
             for name, r in self.routers.items():
                 shutil.rmtree(f"/run/keepalived/{r.ns}", ignore_errors=True)
                 if self.launches.get(name):
@@ -368,10 +400,12 @@ class Lab:
         if launch.reader is not None:
             launch.reader.stop()
             launch.reader = None
-        try:
-            launch.fifo.unlink()
-        except OSError:
-            pass
+        for path in (launch.fifo, launch.tool_fifo):
+            try:
+                if path is not None:
+                    path.unlink()
+            except OSError:
+                pass
         launch.stopped = True
 
     # ================================================================== files
@@ -392,10 +426,11 @@ class Lab:
 
     def tool_config(self, name: str) -> str:
         t = self.cloud.topology
+        extra = "".join(f"{key} = {_toml_value(value)}\n" for key, value in self.aws_options.items())
         return f"""# aws-vrrp-notify configuration of lab router {name}
 [aws]
 deadline = {self.deadline:g}
-
+{extra}
 [groups.{GROUP}]
 
 [[groups.{GROUP}.assign-private-ip]]
@@ -424,15 +459,25 @@ private-ip = "{VIP}"
                 *args]
 
     def keepalived_config(self, name: str, *, priority: int, version: int, advert_int: float,
-                          fifo: Path, preempt: bool = True) -> str:
+                          fifo: Path, tool_fifo: Optional[Path] = None, preempt: bool = True) -> str:
+        """keepalived.conf of one launch: ``fifo`` is the lab's own notify_fifo; with
+        ``tool_fifo`` (fifo mode) the tool reads VRRP events from that one instead of being
+        run from notify lines."""
         r = self.router(name)
         src = r.addrs["eth0"]
         peers = [o.addrs["eth0"] for n, o in self.routers.items() if n != name]
         prefix = f"{self.workdir / 'bin' / 'lab-notify'} " if self.wrap else ""
 
-        def line(event: str) -> str:
-            return f'    notify_{event} "{prefix}{" ".join(self.tool_argv(name, event, GROUP))}"'
+        def command(*args: str) -> str:
+            return f'"{prefix}{" ".join(self.tool_argv(name, *args))}"'
 
+        if tool_fifo is None:
+            tool_global = []
+            tool_lines = [f"    notify_{event} {command(event, GROUP)}"
+                          for event in ("master", "backup", "fault", "stop")]
+        else:
+            tool_global = [f"    vrrp_notify_fifo {tool_fifo}", f"    vrrp_notify_fifo_script {command('fifo')}"]
+            tool_lines = []
         adv = f"{advert_int:g}"
         return "\n".join([
             f"# keepalived configuration of lab router {name} (namespace {r.ns})",
@@ -441,6 +486,7 @@ private-ip = "{VIP}"
             "    enable_script_security",
             "    script_user root",
             f"    notify_fifo {fifo}",
+            *tool_global,
             "}",
             f"vrrp_instance {GROUP} {{",
             "    state BACKUP",
@@ -457,7 +503,7 @@ private-ip = "{VIP}"
             "    virtual_ipaddress {",
             f"        {VIP}/24 dev eth0",
             "    }",
-            line("master"), line("backup"), line("fault"), line("stop"),
+            *tool_lines,
             "}",
             "",
         ])
@@ -482,6 +528,35 @@ private-ip = "{VIP}"
     def start_router(self, name: str, priority: Optional[int] = None, version: int = 3,
                      advert_int: float = 0.1, *, preempt: bool = True, timeout: float = 5) -> _Launch:
         """Start keepalived in router ``name``'s namespace (it enters BACKUP first)."""
+        launch = self._spawn(name, priority, version, advert_int, preempt=preempt)
+        self._wait_started(name, launch, timeout)
+        return launch
+
+    def start_routers(self, *names: str, cold: bool = True, stagger: float = 0.0, timeout: float = 5,
+                      **kw) -> List[_Launch]:
+        """Start keepalived in several routers at once (default: all), the start-up race:
+        each is spawned, in the order given, before any is waited for. ``cold``: flush every
+        router's eth0 neighbour cache first, so that the first adverts wait for ARP.
+        ``stagger``: seconds between two spawns; a lower-priority router started about one
+        advert interval before a higher one becomes MASTER first, the higher one too a
+        moment later (it ignores lower-priority adverts), and both run ``master``.
+        ``kw``: as for :meth:`start_router`."""
+        names = names or tuple(self.routers)
+        self.up()
+        if cold:
+            for name in names:
+                ip("neigh", "flush", "dev", "eth0", ns=self.router(name).ns, check=False)
+        launches = []
+        for i, name in enumerate(names):
+            if i and stagger > 0:
+                time.sleep(stagger)
+            launches.append(self._spawn(name, **kw))
+        for name, launch in zip(names, launches):
+            self._wait_started(name, launch, timeout)
+        return launches
+
+    def _spawn(self, name: str, priority: Optional[int] = None, version: int = 3, advert_int: float = 0.1,
+               *, preempt: bool = True) -> _Launch:
         self.up()
         r = self.router(name)
         if self.running(name):
@@ -493,9 +568,10 @@ private-ip = "{VIP}"
         n = len(launches) + 1
         d = self.router_dir(name)
         fifo = d / f"fifo-{n}"
+        tool_fifo = d / f"tool-fifo-{n}" if self.mode == "fifo" else None
         conf = d / f"keepalived-{n}.conf"
-        write_private(conf, self.keepalived_config(name, priority=priority, version=version,
-                                                   advert_int=advert_int, fifo=fifo, preempt=preempt))
+        write_private(conf, self.keepalived_config(name, priority=priority, version=version, advert_int=advert_int,
+                                                   fifo=fifo, tool_fifo=tool_fifo, preempt=preempt))
         shutil.rmtree(f"/run/keepalived/{r.ns}", ignore_errors=True)
         reader = _FifoReader(self, name, n, fifo)
         reader.start()
@@ -510,8 +586,13 @@ private-ip = "{VIP}"
         with open(log, "ab") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env=self.keepalived_env(name), cwd=str(d), start_new_session=True)
-        launch = _Launch(n, proc, conf, pid, vpid, fifo, log, priority, version, advert_int, time.time(), reader)
+        launch = _Launch(n, proc, conf, pid, vpid, fifo, tool_fifo, log, priority, version, advert_int, time.time(),
+                         reader)
         launches.append(launch)
+        return launch
+
+    def _wait_started(self, name: str, launch: _Launch, timeout: float) -> None:
+        proc = launch.proc
         end = time.monotonic() + timeout
         while launch.vrrp_pid() is None or not _alive(launch.vrrp_pid()):
             if proc.poll() is not None:
@@ -520,7 +601,6 @@ private-ip = "{VIP}"
                 raise LabError(f"keepalived in {name} did not start its VRRP process in {timeout:g}s:\n"
                                f"{self.keepalived_log(name)}")
             time.sleep(POLL)
-        return launch
 
     def current(self, name: str) -> Optional[_Launch]:
         launches = self.launches.get(name)
@@ -580,6 +660,32 @@ private-ip = "{VIP}"
     def link_up(self, name: str, ifname: str = "eth0") -> None:
         ip("link", "set", ifname, "up", ns=self.router(name).ns)
 
+    def partition(self) -> float:
+        """Cut VRRP between the routers and nothing else: on each side, a permanent neighbour
+        entry gives the peer's eth0 address a MAC nobody has, so the unicast adverts go
+        nowhere (moto and the metadata service are on each router's loopback).  Returns
+        the time of the cut."""
+        t = time.time()
+        for name, peer in self._peer_pairs():
+            ip("neigh", "replace", peer, "lladdr", NOWHERE_MAC, "dev", "eth0", "nud", "permanent",
+               ns=self.router(name).ns)
+        self.partitioned = True
+        self.last_fault = t
+        return t
+
+    def heal(self, *, check: bool = True) -> float:
+        """Undo :meth:`partition` (delete the neighbour entries).  Returns the time."""
+        t = time.time()
+        for name, peer in self._peer_pairs():
+            ip("neigh", "del", peer, "dev", "eth0", ns=self.router(name).ns, check=check)
+        self.partitioned = False
+        return t
+
+    def _peer_pairs(self) -> List[tuple]:
+        """(router, the eth0 address of another router) for every ordered pair."""
+        return [(name, other.addrs["eth0"]) for name in self.routers
+                for o_name, other in self.routers.items() if o_name != name]
+
     # ================================================================== observation
     def _event(self, item) -> None:
         if isinstance(item, Event):
@@ -594,7 +700,8 @@ private-ip = "{VIP}"
 
     def events(self, name: Optional[str] = None, *, since: Optional[float] = None,
                state: Optional[str] = None) -> List[Event]:
-        """keepalived state changes (from its notify FIFO), oldest first."""
+        """keepalived's FIFO lines for VI_1, oldest first: its state changes and the other
+        lines it writes there (e.g. ``MASTER_RX_LOWER_PRI``: a master heard a lower-priority advert)."""
         with self._lock:
             evs = list(self._events)
         return [e for e in evs if (name is None or e.router == name) and (since is None or e.time >= since)
@@ -606,7 +713,7 @@ private-ip = "{VIP}"
         launch = self.current(name)
         if launch is None or launch.proc.poll() is not None:
             return None
-        evs = [e for e in self.events(name) if e.launch == launch.n]
+        evs = [e for e in self.events(name) if e.launch == launch.n and e.state in STATES]
         return evs[-1].state if evs else None
 
     def wait_state(self, name: str, state: str, timeout: float = 10) -> float:
@@ -759,10 +866,22 @@ private-ip = "{VIP}"
                                    f"{self.describe()}")
             time.sleep(interval)
 
+    def aws_leaves(self, name: str, seconds: float, *, interval: float = POLL) -> Optional[Dict[str, Optional[str]]]:
+        """Watch AWS (moto) for ``seconds``: the first view in which not every action points
+        to router ``name``, or None when every poll saw them all on ``name``."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            view = self.aws_view()
+            if set(view.values()) != {name}:
+                return view
+            time.sleep(interval)
+        return None
+
     def tools_idle(self) -> bool:
-        """No notify command is running and no live MASTER run is in progress."""
+        """No notify command is running (a fifo reader runs for as long as its keepalived)
+        and no live MASTER run is in progress."""
         calls = self.notify_calls()
-        if any(c.end is None and _alive(c.pid) for c in calls):
+        if any(c.end is None and c.command != "fifo" and _alive(c.pid) for c in calls):
             return False
         for n in self.routers:
             rec = self.record(n) or {}
@@ -828,6 +947,14 @@ private-ip = "{VIP}"
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"{value:g}"
+    return json.dumps(str(value))  # a TOML basic string
+
 
 def write_private(path: Path, text: str) -> None:
     """Write a root-owned 0600 file (replacing it)."""
