@@ -6,7 +6,13 @@ demo  builds a simulated AWS region (moto + fake IMDSv2) with two router namespa
       prints the failover as it happens with the time from the crash until AWS points
       to the new master, shows `check`, restarts the crashed router (it preempts back),
       and tears everything down.  About 30 s with the default advert_int 1.
+      --split-brain then cuts VRRP between the routers for 4 s (AWS stays reachable, so
+      both become MASTER and the backup takes AWS), heals it, and shows AWS coming back
+      to the router that never left MASTER (and heard nothing new from keepalived).
 up    the same lab, left running until Ctrl-C, for poking at it by hand.
+
+--mode fifo has keepalived run one long-lived `aws-vrrp-notify fifo` per router (its
+vrrp_notify_fifo_script) instead of a command per event (notify_master/backup/...).
 
 --lag PROFILE_OR_SECONDS makes the simulated EC2 eventually consistent: the tool's
 writes are answered at once and show in describe calls and the metadata service only
@@ -25,7 +31,7 @@ import time
 from typing import Dict, Optional
 
 from .consistency import PROFILES, describe_lag, parse_lag
-from .keepalived import GROUP, VIP, Event, Lab, LabError, NotifyCall, available
+from .keepalived import GROUP, MODES, STATES, VIP, Event, Lab, LabError, NotifyCall, available
 
 ACTION_TEXT = {
     "assign-private-ip": f"VIP {VIP} on {{r}} eth0",
@@ -64,9 +70,10 @@ class Printer:
     def __call__(self, item) -> None:
         if isinstance(item, Event):
             prio = f" (priority {item.priority})" if item.priority is not None else ""
-            self.at(item.time, f"{item.router} keepalived: {item.name} is {item.state}{prio}", 1)
+            verb = "is" if item.state in STATES else "reports"
+            self.at(item.time, f"{item.router} keepalived: {item.name} {verb} {item.state}{prio}", 1)
         elif isinstance(item, NotifyCall):
-            cmd = f"aws-vrrp-notify {item.command} {GROUP}"
+            cmd = "aws-vrrp-notify fifo" if item.command == "fifo" else f"aws-vrrp-notify {item.command} {GROUP}"
             if item.end is None:
                 self.at(item.start, f"{item.router} keepalived runs: {cmd}", 1)
             else:
@@ -168,10 +175,35 @@ def start_pair(lab: Lab, p: Printer, args) -> None:
     p.at(None, f"starting keepalived in r1 (priority 150) and r2 (priority 100): {proto}")
     for name in ("r1", "r2"):
         lab.start_router(name, version=args.vrrp_version, advert_int=args.advert_int)
-    p.at(None, f"keepalived.conf of r1: {lab.current('r1').conf}; its notify lines:", 1)
+    p.at(None, f"keepalived.conf of r1: {lab.current('r1').conf}; how it runs the tool:", 1)
     for line in lab.current("r1").conf.read_text().splitlines():
-        if line.strip().startswith("notify_master"):
+        if line.strip().startswith(("notify_master", "vrrp_notify_fifo")):
             p.plain("          | " + line.strip())
+
+
+def split_brain(lab: Lab, p: Printer, master: str, backup: str, seconds: float = 4.0) -> float:
+    """Cut VRRP for ``seconds``, heal; returns the seconds from the heal until AWS is back on ``master``."""
+    p.plain(f"\n== split brain: VRRP cut for {seconds:g} s (AWS still reachable), then healed ==")
+    t_cut = lab.partition()
+    p.at(t_cut, "VRRP cut: each router's neighbour entry for the other now names a MAC nobody has")
+    lab.wait_aws_points_to(backup, timeout=30, since=t_cut)
+    time.sleep(max(0.0, t_cut + seconds - time.time()))
+    t_heal = lab.heal()
+    p.at(t_heal, f"VRRP healed: {backup} steps down; {master} never left MASTER and hears nothing new")
+    took = lab.wait_aws_points_to(master, timeout=40, since=t_heal)
+    lab.wait_settled(timeout=30, master=master)
+    p.at(None, f"AWS points back to {master} {took:.3f} s after the heal: {_who_repaired(lab, master, backup)}")
+    return took
+
+
+def _who_repaired(lab: Lab, master: str, backup: str) -> str:
+    end = time.monotonic() + 1.0   # the hand-back records its outcome just after its last write
+    while time.monotonic() < end:
+        record = lab.record(backup) or {}
+        if record.get("outcome") == "handed-back":
+            return f"{backup} handed it back one consistency window after MASTER -> BACKUP ({record.get('detail')})"
+        time.sleep(0.05)
+    return f"{master}'s fifo reader re-checked AWS" if lab.mode == "fifo" else "(no hand-back recorded)"
 
 
 def demo(args) -> int:
@@ -181,7 +213,7 @@ def demo(args) -> int:
     watcher = None
     ok = True
     try:
-        lab = Lab(on_event=p)
+        lab = Lab(on_event=p, mode=args.mode)
         build(lab, p, args.lag)
         watcher = AwsWatcher(lab, p)
         watcher.start()
@@ -236,6 +268,12 @@ def demo(args) -> int:
             codes = {n: _show_check(lab, p, n) for n in (master, backup)}
             ok = ok and all(c == 0 for c in codes.values())
             p.quiet_tools = False
+            if args.split_brain:
+                split_brain(lab, p, master, backup)
+                p.quiet_tools = True
+                codes = {n: _show_check(lab, p, n) for n in (master, backup)}
+                ok = ok and all(c == 0 for c in codes.values())
+                p.quiet_tools = False
         p.plain("")
     except LabError as exc:
         p.at(None, f"lab error: {exc}")
@@ -269,7 +307,7 @@ def up(args) -> int:
     p = Printer()
     lab = None
     try:
-        lab = Lab(on_event=p)
+        lab = Lab(on_event=p, mode=args.mode)
         build(lab, p, args.lag)
         start_pair(lab, p, args)
         master = lab.wait_settled(timeout=30)
@@ -319,10 +357,17 @@ def main(argv=None) -> int:
         sp.add_argument("--lag", type=lag_argument, default={}, metavar="PROFILE_OR_SECONDS",
                         help="EC2 eventual consistency: the tool's writes show this much later; "
                              f"seconds, or a profile: {', '.join(PROFILES)} (default: none)")
+        sp.add_argument("--mode", choices=MODES, default="notify",
+                        help="how keepalived runs the tool: a command per event (notify, the default) "
+                             "or one long-lived reader of its FIFO (fifo)")
         if name == "demo":
             sp.add_argument("--no-restart", action="store_true",
                             help="do not restart the crashed router at the end")
+            sp.add_argument("--split-brain", action="store_true",
+                            help="at the end, cut VRRP for 4 s and heal it: AWS comes back to the master")
     args = parser.parse_args(argv)
+    if getattr(args, "split_brain", False) and args.no_restart:
+        parser.error("--split-brain needs both routers: drop --no-restart")
     if args.vrrp_version is None:
         args.vrrp_version = 2 if args.advert_int == int(args.advert_int) else 3
     if args.vrrp_version == 2 and args.advert_int != int(args.advert_int):

@@ -72,7 +72,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from .netns import ip
 
-__all__ = ["Lab", "LabError", "Event", "NotifyCall", "available", "VIP", "GROUP", "find_tool"]
+__all__ = ["Lab", "LabError", "Event", "NotifyCall", "available", "VIP", "GROUP", "MODES", "STATES", "find_tool"]
 
 VIP = "10.0.1.100"
 GROUP = "VI_1"
