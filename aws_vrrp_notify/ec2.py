@@ -344,6 +344,9 @@ class Snapshot:
 
 
 READ_KINDS = ("enis", "route_tables", "subnets", "addresses")
+# The describe call behind each snapshot kind (EC2 API names; the IAM actions are ec2:<name>).
+READ_OPERATIONS = {"enis": "DescribeNetworkInterfaces", "route_tables": "DescribeRouteTables",
+                   "subnets": "DescribeSubnets", "addresses": "DescribeAddresses"}
 
 
 def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], vpc_ids: Sequence[str] = ()) -> Snapshot:

@@ -276,7 +276,7 @@ class FifoReader:
             self.timers.add(time.monotonic() + release_delay(cfg), "release", name, seq)
 
     def handle_timer(self, kind: str, name: str, seq: int) -> None:
-        from .transition import reassert_groups, release_delay, release_group
+        from .transition import reassert_groups, release_group
 
         cfg = self.watcher.current()
         if kind == "reassert":
