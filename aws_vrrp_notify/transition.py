@@ -53,6 +53,7 @@ SETTLE_MAX = 1.0
 IMDS_CONFIRM_INTERVAL = 0.25
 POLL_MIN = 0.1
 POLL_MAX = 0.5
+MAX_PARALLEL_WRITES = 16  # = botocore's connection pool (ec2.make_client): more would only queue
 FOREIGN_READS = 2  # reads in a row that must disagree after we saw our own write
 
 # What one read says about one action, judged against our own writes.
@@ -204,7 +205,8 @@ class MasterRun:
         assert self.plan is not None
         actions = self.plan.actions
         futures: Dict[int, Future] = {}
-        pool = ThreadPoolExecutor(max_workers=max(1, len(indexes)), thread_name_prefix="apply")
+        pool = ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_WRITES, len(indexes))),
+                                  thread_name_prefix="apply")
 
         def run(i: int, deps: List[Future]) -> str:
             for dep in deps:
