@@ -574,8 +574,9 @@ def reassert_groups(config: Config, groups: Sequence[Group], store: StateStore, 
     if not imds.available():
         return EXIT_OK
     names = {g.name for g in groups}
+    client = warm.client_with(config, imds, store, deadline) if warm is not None else None
     code = EXIT_OK
-    for report in observe_groups(config, store, imds, deadline, names=names):
+    for report in observe_groups(config, store, imds, deadline, names=names, client=client):
         record = store.read(report.name) or {}
         if record.get("state") != "MASTER" or report.error or report.in_sync:
             if report.error:
