@@ -26,11 +26,15 @@ from typing import Any, Dict, Iterable, Optional, Set
 
 from .logsetup import log
 
-OPERATIONS = {
-    "ec2": ("AssignPrivateIpAddresses", "ReplaceRoute", "CreateRoute", "AssociateAddress",
-            "DescribeNetworkInterfaces", "DescribeRouteTables", "DescribeSubnets", "DescribeAddresses"),
-    "sts": ("AssumeRole",),
-}
+def _ec2_operations() -> tuple:
+    """What the action types declare they write with, and the describe calls behind the reads."""
+    from .actions import operations
+    from .ec2 import READ_OPERATIONS
+
+    return tuple(sorted(set(operations()) | set(READ_OPERATIONS.values())))
+
+
+OPERATIONS = {"ec2": _ec2_operations(), "sts": ("AssumeRole",)}
 GLOBAL_FILES = ("partitions", "sdk-default-configuration", "_retry")
 
 

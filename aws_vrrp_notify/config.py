@@ -7,28 +7,25 @@ all problems of a file are reported at once. Nothing here touches AWS, IMDS or n
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import stat
 import sys
 TYPE_CHECKING = False  # typing costs ~5 ms of a keepalived BACKUP: annotations only
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+    from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .schema import (MAIN_VRF, Field, Frozen, _describe, boolean, consistency_window_seconds,  # noqa: F401
+                     deadline_seconds, endpoint_url, escape_controls, key_text, profile_name, read_table,
+                     reassert_interval_seconds, region_name, role_arn)
 from .trust import file_kind, ownership_problem
 
 DEFAULT_CONFIG_PATH = "/etc/aws-vrrp-notify/config.toml"
 DEFAULT_DEADLINE = 30.0
-MIN_DEADLINE = 1.0  # a metadata request alone may take a second: see aws-vrrp-notify.toml(5)
-MAX_DEADLINE = 3600.0
 DEFAULT_CONSISTENCY_WINDOW = 5.0
-MAX_CONSISTENCY_WINDOW = 120.0
 DEFAULT_REASSERT_INTERVAL = 10.0
-MAX_REASSERT_INTERVAL = 3600.0
 MAX_FILE_SIZE = 1 << 20
 MAX_DEPTH = 32  # a valid file nests 6 levels (groups.NAME.action[i].key)
 MAX_GROUP_NAME = 128
-MAIN_VRF = "main"
 
 
 class ConfigError(Exception):
@@ -38,250 +35,6 @@ class ConfigError(Exception):
         self.path = path
         self.problems = list(problems)
         super().__init__("\n".join(f"{path}: {p}" for p in self.problems))
-
-
-# ---------------------------------------------------------------- value checkers
-# A checker takes the raw TOML value and returns the normalised value, or raises
-# ValueError with a message that completes "<key path>: ...".
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with control characters escaped (\\n, \\u001b...): one line of output stays one."""
-    if text.isprintable():
-        return text
-    return "".join(_ESCAPES.get(c) or (c if c.isprintable() else f"\\u{ord(c):04x}") for c in text)
-
-
-def key_text(key: str) -> str:
-    """A TOML key as written in a key path: bare when it is plain printable ASCII, else quoted
-    with escapes, so that no key can break a problem line in two."""
-    if key and all(32 < ord(c) < 127 and c not in '"\\' for c in key):
-        return key
-    return '"' + escape_controls(key.replace("\\", "\\\\").replace('"', '\\"')) + '"'
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {type(value).__name__} {_describe(value)}")
-    if not value:
-        raise ValueError("must not be empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{_describe(value)} contains control characters")
-    return value
-
-
-def ipv4_address(value: Any) -> str:
-    text = _string(value)
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        raise ValueError(f"{_describe(text)} is not an IPv4 address") from None
-    if addr.version != 4:
-        raise ValueError(f"{_describe(text)} is an IPv6 address; an IPv4 address is required")
-    return str(addr)
-
-
-def ip_prefix(value: Any) -> str:
-    text = _string(value)
-    if "/" not in text:
-        raise ValueError(f"{_describe(text)} is not a prefix (expected address/length, e.g. 0.0.0.0/0)")
-    try:
-        net = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        if "has host bits set" in str(exc):
-            raise ValueError(f"{_describe(text)} has host bits set (did you mean "
-                             f"{ipaddress.ip_network(text, strict=False)}?)") from None
-        raise ValueError(f"{_describe(text)} is not an IPv4 or IPv6 prefix") from None
-    return str(net)
-
-
-def ipv4_prefix(value: Any) -> str:
-    text = ip_prefix(value)
-    if ipaddress.ip_network(text).version != 4:
-        raise ValueError(f"{_describe(text)} is an IPv6 prefix; AWS subnets are named by their IPv4 CIDR")
-    return text
-
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def _aws_id(prefix: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        text = _string(value)
-        head, _, digits = text.partition("-")
-        if head != prefix or not 8 <= len(digits) <= 17 or not set(digits) <= _HEX:
-            raise ValueError(f"{_describe(text)} is not a {prefix} id ({prefix}-0123456789abcdef0)")
-        return text
-
-    return check
-
-
-subnet_id = _aws_id("subnet")
-route_table_id = _aws_id("rtb")
-allocation_id = _aws_id("eipalloc")
-
-
-def subnet_ref(value: Any) -> str:
-    """An AWS subnet by id (subnet-...) or by its IPv4 CIDR."""
-    text = _string(value)
-    if text.startswith("subnet-"):
-        return subnet_id(text)
-    try:
-        return ipv4_prefix(text)
-    except ValueError as exc:
-        raise ValueError(f"{exc}; expected a subnet id (subnet-...) or an IPv4 CIDR") from None
-
-
-_IFNAME_MAX = 15  # IFNAMSIZ - 1
-
-
-def interface_name(value: Any) -> str:
-    text = _string(value)
-    if len(text.encode("utf-8")) > _IFNAME_MAX:
-        raise ValueError(f"{_describe(text)} is longer than {_IFNAME_MAX} bytes (Linux interface name)")
-    if text in (".", "..") or any(c in text for c in "/:") or any(c.isspace() for c in text):
-        raise ValueError(f"{_describe(text)} is not a valid Linux interface name")
-    return text
-
-
-def vrf_name(value: Any) -> str:
-    text = _string(value)
-    if len(text) > 255 or text in (".", "..") or "/" in text or any(c.isspace() for c in text):
-        raise ValueError(f"{_describe(text)} is not a valid VRF or network namespace name")
-    return text
-
-
-def _matching(pattern: str, what: str) -> "Callable[[Any], str]":
-    """A checker for strings matching ``pattern`` (compiled on first use: off the BACKUP path)."""
-
-    def check(value: Any) -> str:
-        import re
-
-        text = _string(value)
-        if not re.match(pattern, text):
-            raise ValueError(f"{_describe(text)} is not {what}")
-        return text
-
-    return check
-
-
-region_name = _matching(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$", "an AWS region name (e.g. eu-west-3)")
-endpoint_url = _matching(r"^https?://[^\s/]+(/\S*)?$", "an http(s) URL")
-role_arn = _matching(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$",
-                     "an IAM role ARN (arn:aws:iam::123456789012:role/name)")
-
-
-def deadline_seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number of seconds, got {type(value).__name__} {_describe(value)}")
-    if not MIN_DEADLINE <= value <= MAX_DEADLINE:  # also false for NaN
-        raise ValueError(f"{value} is out of range ({MIN_DEADLINE:g} <= deadline <= {MAX_DEADLINE:g} seconds)")
-    return float(value)
-
-
-def _seconds_in(low: float, high: float, what: str, zero_allowed: bool = False) -> "Callable[[Any], float]":
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"expected a number of seconds, got {type(value).__name__} {_describe(value)}")
-        if value != value or not (low <= value <= high or (zero_allowed and value == 0)):
-            also = " or 0 to turn it off" if zero_allowed else ""
-            raise ValueError(f"{value} is out of range ({what}: {low:g} to {high:g} seconds{also})")
-        return float(value)
-    return check
-
-
-# How long a describe call or the metadata service may lag an accepted write.
-consistency_window_seconds = _seconds_in(0, MAX_CONSISTENCY_WINDOW, "consistency-window")
-# fifo mode re-checks groups recorded MASTER this often; 0 turns re-checking off.
-reassert_interval_seconds = _seconds_in(1, MAX_REASSERT_INTERVAL, "reassert-interval", zero_allowed=True)
-
-
-def boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {type(value).__name__} {_describe(value)}")
-    return value
-
-
-def profile_name(value: Any) -> str:
-    text = _string(value)
-    if any(c.isspace() for c in text):
-        raise ValueError(f"{_describe(text)} contains white space")
-    return text
-
-
-# ---------------------------------------------------------------- schema
-
-
-class Frozen:
-    """A small immutable value object: attributes set once by __init__, compared by value.
-
-    (dataclasses would do, but importing them costs ~15 ms on the keepalived path.)"""
-
-    __slots__ = ()
-
-    def _values(self) -> Tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._values() == self._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__,) + self._values())
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"{type(self).__name__}({args})"
-
-    def _set(self, **values: Any) -> None:
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
-
-
-class Field(Frozen):
-    """One key of a TOML table: its name, checker, default, and whether it is required."""
-
-    __slots__ = ("key", "check", "default", "required", "attr")
-
-    def __init__(self, key: str, check: Callable[[Any], Any], default: Any = None, required: bool = False):
-        self._set(key=key, check=check, default=default, required=required, attr=key.replace("-", "_"))
-
-
-def read_table(table: Any, fields: Sequence[Field], where: str, problems: List[str]) -> Optional[Dict[str, Any]]:
-    """Check a TOML table against ``fields``; returns attr -> value, or None if not a table."""
-    if not isinstance(table, dict):
-        problems.append(f"{where}: expected a table, got {type(table).__name__}")
-        return None
-    known = {f.key: f for f in fields}
-    values: Dict[str, Any] = {}
-    for key in table:
-        if key not in known:
-            hint = ""
-            if key.replace("_", "-") in known:
-                hint = f" (keys are spelled with dashes: {key.replace('_', '-')})"
-            problems.append(f"{where}.{key_text(key)}: unknown key{hint}")
-    for f in fields:
-        if f.key not in table:
-            if f.required:
-                problems.append(f"{where}: missing required key {f.key!r}")
-            values[f.attr] = f.default
-            continue
-        try:
-            values[f.attr] = f.check(table[f.key])
-        except ValueError as exc:
-            problems.append(f"{where}.{f.key}: {exc}")
-            values[f.attr] = f.default
-    return values
 
 
 class AwsSettings(Frozen):

@@ -93,7 +93,7 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (BotoConnectionError, HTTPClientError, ResponseParserError, OSError))
 
 
-def backoff(attempt: int, throttled: bool) -> float:
+def backoff(attempt: int, throttled: bool = False) -> float:
     """Full-jitter exponential backoff: 50 ms base (200 ms when throttled), 2 s cap."""
     import random
 
@@ -109,23 +109,33 @@ class Ec2:
         self.client = client
         self.deadline = deadline
         self.still_current = still_current or (lambda: True)
-        self.calls: Dict[str, int] = {}
+        self.throttled = 0  # throttled answers received
         self._lock = threading.Lock()
 
     def call(self, operation: str, write: bool = False, **params: Any) -> Dict[str, Any]:
-        """Call ``operation`` (botocore snake_case name), retrying transient errors until the deadline."""
+        """Call ``operation`` (botocore snake_case name), retrying transient errors until the deadline.
+
+        Every attempt first waits for its token in the client-side bucket of its class
+        (ratelimit.py), so a large group never fires more than EC2's buckets accept."""
+        from .ratelimit import bucket
+
         method = getattr(self.client, operation)
         api_name = self.client.meta.method_to_api_mapping.get(operation, operation)
+        tokens = bucket(api_name)
         attempts = 0
         last: Optional[BaseException] = None
         while True:
             if write and not self.still_current():
                 raise Superseded(api_name)
-            if self.deadline.expired():
+            wait = tokens.reserve()
+            if wait >= self.deadline.remaining():
+                tokens.give_back()
                 break
+            if wait:
+                time.sleep(wait)
+                if write and not self.still_current():
+                    raise Superseded(api_name)
             attempts += 1
-            with self._lock:
-                self.calls[api_name] = self.calls.get(api_name, 0) + 1
             try:
                 return method(**params)
             except Exception as exc:  # classified below
@@ -134,7 +144,13 @@ class Ec2:
                 last = exc
                 code = error_code(exc)
                 log.debug("%s attempt %d: %s, retrying", api_name, attempts, code)
-                pause = backoff(attempts, code in THROTTLING_CODES)
+                throttled = code in THROTTLING_CODES
+                if throttled:
+                    tokens.drain()  # the account's bucket is empty: queue behind its refill
+                    with self._lock:
+                        self.throttled += 1
+                # throttled: the token bucket paces the retry; otherwise back off
+                pause = backoff(0, False) if throttled else backoff(attempts, False)
                 if pause >= self.deadline.remaining():
                     break
                 time.sleep(pause)
@@ -344,6 +360,9 @@ class Snapshot:
 
 
 READ_KINDS = ("enis", "route_tables", "subnets", "addresses")
+# The describe call behind each snapshot kind (EC2 API names; the IAM actions are ec2:<name>).
+READ_OPERATIONS = {"enis": "DescribeNetworkInterfaces", "route_tables": "DescribeRouteTables",
+                   "subnets": "DescribeSubnets", "addresses": "DescribeAddresses"}
 
 
 def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], vpc_ids: Sequence[str] = ()) -> Snapshot:

@@ -100,14 +100,28 @@ class Warm:
         self.aws = None
 
     def client_for(self, run) -> object:
+        return self.client_with(run.config, run.imds, run.store, run.deadline)
+
+    def client_with(self, config: Config, imds, store: StateStore, deadline) -> object:
         from .ec2 import make_client
         from .plan import region_of
 
-        region = region_of(run.imds, run.store, run.config.aws.region)
-        if self.client is None or region != self.region or run.config.aws != self.aws:
-            self.client = make_client(run.config.aws, region, run.deadline, run.store)
-            self.region, self.aws = region, run.config.aws
+        region = region_of(imds, store, config.aws.region)
+        if self.client is None or region != self.region or config.aws != self.aws:
+            self.client = make_client(config.aws, region, deadline, store)
+            self.region, self.aws = region, config.aws
         return self.client
+
+
+def _preload() -> None:
+    """Import botocore while keepalived is still quiet: the first MASTER then pays nothing."""
+    try:
+        import botocore.client  # noqa: F401
+        import botocore.session  # noqa: F401
+
+        from . import ec2, transition  # noqa: F401
+    except Exception:  # only speed is at stake
+        pass
 
 
 def _lines(stream: IO[str]) -> Iterator[str]:
@@ -213,6 +227,7 @@ class FifoReader:
     # -- worker
 
     def run(self) -> int:
+        threading.Thread(target=_preload, name="preload", daemon=True).start()
         self.schedule_reassert()
         while True:
             batch = self.next_batch()
@@ -276,7 +291,7 @@ class FifoReader:
             self.timers.add(time.monotonic() + release_delay(cfg), "release", name, seq)
 
     def handle_timer(self, kind: str, name: str, seq: int) -> None:
-        from .transition import reassert_groups, release_delay, release_group
+        from .transition import reassert_groups, release_group
 
         cfg = self.watcher.current()
         if kind == "reassert":

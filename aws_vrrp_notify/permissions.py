@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from . import EXIT_FAILED, EXIT_OK
-from .actions import Action, AssignPrivateIp, AssociateAddress, ChangeRoute, LocalEni, ResolveError, reads_for
+from .actions import Action, LocalEni, ResolveError, reads_for
 from .config import Config, key_text
 from .deadline import Deadline
 from .ec2 import READ_KINDS, AwsError, Ec2, Snapshot, fetch_snapshot
@@ -85,53 +85,18 @@ class Prober:
             self.ignores_dry_run = self.api_name(operation)
         return probe
 
-    def action(self, action: Action, target: Dict[str, Any], local: LocalEni, snap: Snapshot) -> Probe:
-        if isinstance(action, AssignPrivateIp):
-            return self._assign(action, target, local, snap)
-        if isinstance(action, ChangeRoute):
-            return self._route(action, target, snap)
-        if isinstance(action, AssociateAddress):
-            return self._associate(action, target, snap)
-        return Probe(False, f"no permission probe for {action.TYPE}")
+    def no_op(self, operation: str, **params: Any) -> Probe:
+        """A request that changes nothing even when allowed (for APIs without DryRun)."""
+        return _probe(lambda: self.ec2.call(operation, **params), dry_run=False)
 
-    def _assign(self, action: AssignPrivateIp, target: Dict[str, Any], local: LocalEni, snap: Snapshot) -> Probe:
-        eni = snap.enis.get(local.eni_id)
-        try:  # without DescribeNetworkInterfaces, the metadata service knows the ENI's addresses
-            held = [p["PrivateIpAddress"] for p in eni.get("PrivateIpAddresses", [])] if eni else \
-                self.imds.local_ipv4s(local.mac)
-        except ImdsError as exc:
-            return Probe(False, f"NOT PROBED: the addresses of {local.eni_id} are unknown: {exc}")
-        address = action.ip if action.ip in held else (held[0] if held else None)
-        if address is None:
-            return Probe(False, "NOT PROBED: no address of the ENI is known for a no-op request")
-        return _probe(lambda: self.ec2.call("assign_private_ip_addresses", NetworkInterfaceId=target["eni"],
-                                            PrivateIpAddresses=[address], AllowReassignment=False),
-                      dry_run=False)
-
-    def _route(self, action: ChangeRoute, target: Dict[str, Any], snap: Snapshot) -> Probe:
-        key = "DestinationIpv6CidrBlock" if action.ipv6 else "DestinationCidrBlock"
-        params = {"RouteTableId": target["route_table"], "NetworkInterfaceId": target["eni"],
-                  key: action.destination}
-        change = f"route {action.destination} in {target['route_table']} now points to {target['eni']}"
-        replace = self.dry_run("replace_route", change + _was(action, snap, target), **params)
-        create = self.dry_run("create_route", change + " (if it did not exist yet)", **params)
-        return Probe(replace.ok and create.ok, f"ReplaceRoute {replace.text}; CreateRoute {create.text}",
-                     replace.carried_out or create.carried_out)
-
-    def _associate(self, action: AssociateAddress, target: Dict[str, Any], snap: Snapshot) -> Probe:
-        params = {"AllocationId": target["allocation_id"], "NetworkInterfaceId": target["eni"],
-                  "AllowReassociation": True}
-        change = f"Elastic IP {target['allocation_id']} is now associated with {target['eni']}"
-        return self.dry_run("associate_address", change + _was(action, snap, target), **params)
-
-
-def _was(action: Action, snap: Snapshot, target: Dict[str, Any]) -> str:
-    """" (was <holder>)" when the snapshot knew who held the resource before the probe."""
-    try:
-        holder = action.observe(snap, target).holder
-    except (KeyError, ValueError, TypeError, AttributeError):  # a partial snapshot: say nothing
-        return ""
-    return f" (was {holder})" if holder and holder != target["eni"] else ""
+    @staticmethod
+    def was(action: Action, snap: Snapshot, target: Dict[str, Any]) -> str:
+        """" (was <holder>)" when the snapshot knew who held the resource before the probe."""
+        try:
+            holder = action.observe(snap, target).holder
+        except (KeyError, ValueError, TypeError, AttributeError):  # a partial snapshot: say nothing
+            return ""
+        return f" (was {holder})" if holder and holder != target["eni"] else ""
 
 
 def _read(ec2: Ec2, prober: Prober, kinds: List[str], vpc_ids: List[str],
@@ -161,7 +126,7 @@ def _action_line(prober: Prober, action: Action, local: LocalEni, snap: Snapshot
         target = action.resolve(local, snap)
     except ResolveError as exc:
         return Probe(False, f"FAILED: {exc}", unresolved=True)
-    return prober.action(action, target, local, snap)
+    return action.probe(prober, target, local, snap)
 
 
 def _key_paths(config: Config) -> List[Tuple[str, Action]]:

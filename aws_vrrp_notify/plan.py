@@ -21,8 +21,6 @@ from .links import LinkError, mac_of
 from .state import StateStore
 
 NETLINK_TIMEOUT = 5.0  # seconds, within the transition's deadline
-STALE_CODES = frozenset({"InvalidRouteTableID.NotFound", "InvalidAllocationID.NotFound",
-                         "InvalidNetworkInterfaceID.NotFound", "InvalidAssociationID.NotFound"})
 
 
 class PlanError(Exception):

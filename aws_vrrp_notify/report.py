@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .actions import Action, ResolveError, reads_for
+from .actions import Action
 from .config import Config, escape_controls
 from .deadline import Deadline
-from .ec2 import AwsError, Ec2, fetch_snapshot
+from .ec2 import AwsError, Ec2
 from .imds import ImdsClient, ImdsError, dmi_says_ec2
+from .observe import observe_actions
 from .plan import PlanError, ec2_client, local_eni
 from .state import StateStore, write_atomic
 
@@ -103,7 +104,9 @@ def _group_report(name: str, record: Optional[Dict[str, Any]], window: float) ->
 
 
 def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline: Deadline,
-                   names: Optional[Sequence[str]] = None) -> List[GroupReport]:
+                   names: Optional[Sequence[str]] = None, client: Any = None) -> List[GroupReport]:
+    """Every configured group (or those in ``names``) as AWS shows it now; ``client``: an EC2
+    client to reuse (fifo mode), else one is made."""
     groups = [config.groups[n] for n in sorted(config.groups) if names is None or n in names]
     reports = [_group_report(g.name, store.read(g.name), config.aws.consistency_window) for g in groups]
     pending: List[Tuple[ActionReport, Any]] = []
@@ -118,21 +121,18 @@ def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline
     if not pending:
         return reports
     try:
-        ec2 = Ec2(ec2_client(config, imds, store, deadline), deadline)
-        actions = [entry.action for entry, _ in pending]
-        snap = fetch_snapshot(ec2, reads_for(actions, "resolve", "observe"), vpc_ids=[l.vpc_id for _, l in pending])
+        ec2 = Ec2(client or ec2_client(config, imds, store, deadline), deadline)
+        _, seen = observe_actions(ec2, [entry.action for entry, _ in pending], [local for _, local in pending])
     except (AwsError, PlanError, ImdsError) as exc:
         for report in reports:
             report.error = str(exc)
         return reports
-    for entry, local in pending:
-        try:
-            entry.target = entry.action.resolve(local, snap)
-        except ResolveError as exc:
-            entry.in_sync, entry.reason = False, str(exc)
-            continue
-        observation = entry.action.observe(snap, entry.target)
-        entry.in_sync, entry.reason = observation.in_sync, observation.reason
+    for (entry, _), found in zip(pending, seen):
+        entry.target = found.target
+        if found.error:
+            entry.in_sync, entry.reason = False, found.error
+        else:
+            entry.in_sync, entry.reason = found.observation.in_sync, found.observation.reason
     return reports
 
 

@@ -34,12 +34,14 @@ from collections import namedtuple
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import EXIT_FAILED, EXIT_OK
-from .actions import Observation, ResolveError, reads_for
+from .actions import Observation, ResolveError
 from .config import Config, Group
 from .deadline import Deadline, DeadlineExceeded
 from .ec2 import AwsError, Ec2, Superseded, fetch_snapshot
 from .imds import ImdsClient, ImdsError, dmi_says_ec2
-from .plan import (Plan, PlanError, STALE_CODES, drop_cached_targets, ec2_client, load_cached_targets,
+from .observe import observe_actions
+from .actions import STALE_CODES
+from .plan import (Plan, PlanError, drop_cached_targets, ec2_client, load_cached_targets,
                    resolve_locals, resolve_targets, save_targets)
 from .botomodel import keep_trimmed_model
 from .state import StateStore
@@ -51,6 +53,7 @@ SETTLE_MAX = 1.0
 IMDS_CONFIRM_INTERVAL = 0.25
 POLL_MIN = 0.1
 POLL_MAX = 0.5
+MAX_PARALLEL_WRITES = 16  # = botocore's connection pool (ec2.make_client): more would only queue
 FOREIGN_READS = 2  # reads in a row that must disagree after we saw our own write
 
 # What one read says about one action, judged against our own writes.
@@ -202,7 +205,8 @@ class MasterRun:
         assert self.plan is not None
         actions = self.plan.actions
         futures: Dict[int, Future] = {}
-        pool = ThreadPoolExecutor(max_workers=max(1, len(indexes)), thread_name_prefix="apply")
+        pool = ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_WRITES, len(indexes))),
+                                  thread_name_prefix="apply")
 
         def run(i: int, deps: List[Future]) -> str:
             for dep in deps:
@@ -230,22 +234,18 @@ class MasterRun:
         """One batched read of every usable action; returns when the read started and what it saw."""
         assert self.plan is not None and self.ec2 is not None
         usable = self.plan.usable()
-        kinds = tuple(reads_for([self.plan.actions[i] for i in usable], "observe")) + tuple(extra_kinds)
         read_start = time.monotonic()
-        snap = self.snapshot = fetch_snapshot(self.ec2, kinds, vpc_ids=self.plan.vpc_ids())
+        self.snapshot, seen = observe_actions(
+            self.ec2, [self.plan.actions[i] for i in usable], [self.plan.locals[i] for i in usable],
+            known=[self.plan.targets[i] for i in usable], extra_kinds=extra_kinds)
         observations: Dict[int, Observation] = {}
-        for i in usable:
-            action, local = self.plan.actions[i], self.plan.locals[i]
-            try:
-                fresh = action.resolve(local, snap) if action.resolve_reads() else self.plan.targets[i]
-            except ResolveError:
-                fresh = self.plan.targets[i]
-            if fresh != self.plan.targets[i]:
+        for i, found in zip(usable, seen):
+            if found.target != self.plan.targets[i]:
                 log.info("group %s: %s now resolves to %s (was %s)", self.group.name,
-                         action.describe(), fresh, self.plan.targets[i])
-                self.plan.targets[i] = fresh
+                         self.plan.actions[i].describe(), found.target, self.plan.targets[i])
+                self.plan.targets[i] = found.target
                 drop_cached_targets(self.store, self.group.name)
-            observations[i] = action.observe(snap, self.plan.targets[i])
+            observations[i] = found.observation
         self._last = observations
         return read_start, observations
 
@@ -280,7 +280,7 @@ class MasterRun:
                 continue
             pending = [i for i, v in verdicts.items() if v != IN_SYNC]
             if not pending:
-                pending = [i for i, _ in self.unlisted_in_imds()]
+                pending = list(self.unconfirmed())
             if pending:
                 confirmed_at = None
                 if self.deadline.remaining() <= poll:
@@ -301,13 +301,11 @@ class MasterRun:
     def _not_showing(self, pending: Sequence[int]) -> str:
         assert self.plan is not None
         parts = []
-        unlisted = dict(self.unlisted_in_imds())
+        unconfirmed = self.unconfirmed()
         for i in pending:
             action = self.plan.actions[i]
-            if i in unlisted:
-                local = unlisted[i]
-                parts.append(f"{action.describe()}: assigned to {local.eni_id}, but the metadata service's "
-                             f"local-ipv4s for {local.mac} does not list it")
+            if i in unconfirmed:
+                parts.append(f"{action.describe()}: {unconfirmed[i]}")
             else:
                 parts.append(f"{action.describe()}: {self._last[i].reason or 'not in sync'}")
         return (f"accepted writes still do not show at the {self.deadline.seconds:g}s deadline: "
@@ -345,16 +343,14 @@ class MasterRun:
                         self.group.name, action.describe(), twin, owner)
             action.apply(self.ec2, dict(self.plan.targets[i], eni=twin))
 
-    def unlisted_in_imds(self) -> List:
-        """(index, local ENI) of each assigned address the metadata service does not list yet."""
-        from .actions import AssignPrivateIp
-
+    def unconfirmed(self) -> Dict[int, str]:
+        """What the metadata service does not show yet of the applied actions, by index."""
         assert self.plan is not None
-        missing = []
+        missing = {}
         for i in self.plan.usable():
-            action, local = self.plan.actions[i], self.plan.locals[i]
-            if isinstance(action, AssignPrivateIp) and action.ip not in self.imds.local_ipv4s(local.mac):
-                missing.append((i, local))
+            why = self.plan.actions[i].unconfirmed(self.imds, self.plan.locals[i])
+            if why:
+                missing[i] = why
         return missing
 
 
@@ -578,8 +574,9 @@ def reassert_groups(config: Config, groups: Sequence[Group], store: StateStore, 
     if not imds.available():
         return EXIT_OK
     names = {g.name for g in groups}
+    client = warm.client_with(config, imds, store, deadline) if warm is not None else None
     code = EXIT_OK
-    for report in observe_groups(config, store, imds, deadline, names=names):
+    for report in observe_groups(config, store, imds, deadline, names=names, client=client):
         record = store.read(report.name) or {}
         if record.get("state") != "MASTER" or report.error or report.in_sync:
             if report.error:

@@ -151,3 +151,26 @@ def test_model_two_instances_interleaved_under_lag(routers, run_tool, lag, ip_la
          "AssociateAddress": eip_lag, "*": 0.1})
     results = split_brain(routers, run_tool, group_config(topo), offset=offset)
     assert_unmixed(aws, topo, routers, results)
+
+
+def test_a_reapplied_write_that_outlives_the_deadline_is_a_clean_failure(routers, run_tool, lag, fault_proxy):
+    """Verification re-applies a drifted route whose answer never comes: the transition
+    fails at its deadline with a message, recorded, not "failed unexpectedly" forever
+    in-progress."""
+    aws, topo, r1, r2 = routers.cloud, routers.topology, routers.r1, routers.r2
+    lag(1.0)
+    proxy = fault_proxy(r1, "ec2")
+    # deadline 12: read timeout 4 s, so the third attempt is still in flight at the deadline
+    config = cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]), deadline=12, window=1)
+    proc = run_tool.popen(r1, "master", "VI_1", config=config, env=proxy.env)
+    end = time.monotonic() + 5
+    while aws.route_target(topo.route_tables["wan"], "0.0.0.0/0") != r1.eni("eth1") and time.monotonic() < end:
+        time.sleep(0.02)
+    proxy.add_fault("delay", delay=30, actions={"ReplaceRoute"})  # the re-applied write hangs
+    aws.ec2.replace_route(RouteTableId=topo.route_tables["wan"], DestinationCidrBlock="0.0.0.0/0",
+                          NetworkInterfaceId=r2.eni("eth1"))
+    assert proc.wait(timeout=30) == 1
+    err = proc.stderr.read()
+    assert "MASTER failed: verification:" in err and "unexpectedly" not in err, err
+    assert "deadline" in err.splitlines()[-1]
+    assert record(run_tool, r1)["outcome"] == "failed"

@@ -172,3 +172,29 @@ def test_crash_failover_at_advert_int_1(lab):
     assert_aws_on(lab, "r2")
     assert_notify_ok(lab)
     assert_check(lab, {"r1": 2, "r2": 0})
+
+
+def test_keepalived_failover_and_back_under_ec2_lag(lab, lag_profile):
+    """Real keepalived, EC2 lagging like the lab's profile: a crash of r1 moves AWS to r2 and
+    nothing undoes it; r1's return moves it back. No yield, no hand-back on a stale read."""
+    start_pair(lab, **FAST)
+    lab.cloud.settle()
+    t0 = lab.kill("r1", signal.SIGKILL)
+    lab.wait_aws_points_to("r2", timeout=20, since=t0)
+    assert lab.wait_settled(timeout=20) == "r2"
+    lab.cloud.settle()
+    time.sleep(0.5)
+    lab.cloud.settle()
+    assert_aws_on(lab, "r2")
+    log = lab.tool_log("r2")
+    assert "yielding" not in log and "handing it back" not in log, log
+    lab.start_router("r1", **FAST)
+    lab.wait_aws_points_to("r1", timeout=20, since=time.time())
+    assert lab.wait_settled(timeout=20) == "r1"
+    deadline = time.time() + 30
+    while not lab.tools_idle() and time.time() < deadline:
+        time.sleep(0.1)
+    lab.cloud.settle()
+    assert_aws_on(lab, "r1")
+    assert "yielding" not in lab.tool_log("r1")
+    assert_notify_ok(lab)

@@ -1,0 +1,159 @@
+"""What every action type declares and implements (the protocol), and what they share.
+
+An action type is one module in this package, declaring in one place:
+
+* ``TYPE`` and ``FIELDS``: its configuration keys and their validation (``check_values``
+  for rules across keys);
+* ``OPERATIONS``: the EC2 API operations ``apply`` calls (the IAM actions are ``ec2:`` and
+  the same names; the trimmed botocore model and the IAM policies are checked against
+  them), and ``STALE_CODES``, the error codes that mean a cached target is out of date;
+* ``resolve_reads`` / ``observe_reads``: the snapshot kinds (batched describe calls) it needs;
+* ``resolve``, ``apply``, ``observe``: find its AWS target, write it, and say whether AWS
+  points here now (and who holds it otherwise);
+* ``unconfirmed``: what the instance metadata service does not show yet (asynchronous
+  changes), if anything;
+* ``probe``: how ``validate --permissions`` proves its IAM permissions without changing
+  anything.
+
+Nothing outside the module switches on its class.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing costs ~5 ms of a keepalived BACKUP: annotations only
+if TYPE_CHECKING:
+    from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+
+from collections import namedtuple
+
+from ..schema import MAIN_VRF, Field, Frozen, interface_name, read_table, vrf_name
+
+if TYPE_CHECKING:  # ec2 (and botocore behind it) is only needed once AWS is called
+    from ..ec2 import Ec2, Snapshot
+    from ..imds import ImdsClient
+    from ..permissions import Probe, Prober
+
+
+class ResolveError(Exception):
+    """What an action needs cannot be found (route table, Elastic IP, ...)."""
+
+
+# The ENI behind a local interface, found through its MAC.
+LocalEni = namedtuple("LocalEni", "interface vrf mac eni_id vpc_id subnet_id")
+# holder: the ENI AWS points to now (None: nothing, or not an ENI).
+Observation = namedtuple("Observation", "in_sync holder reason", defaults=("",))
+
+
+Target = dict  # what resolve() found: eni id plus type-specific AWS ids (Dict[str, Any])
+
+
+class Action(Frozen):
+    """Base of the action types: the values of FIELDS become read-only attributes."""
+
+    TYPE: ClassVar[str] = ""
+    FIELDS: ClassVar[Tuple[Field, ...]] = ()
+    OPERATIONS: ClassVar[Tuple[str, ...]] = ()
+    STALE_CODES: ClassVar[frozenset] = frozenset({"InvalidNetworkInterfaceID.NotFound"})
+    __slots__ = ("__dict__",)
+
+    def __init__(self, **values: Any):
+        for f in self.FIELDS:
+            object.__setattr__(self, f.attr, values.get(f.attr, f.default))
+
+    def _values(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, f.attr) for f in self.FIELDS)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f.attr}={getattr(self, f.attr)!r}" for f in self.FIELDS)
+        return f"{type(self).__name__}({args})"
+
+    interface: str
+    vrf: str
+
+    # -- configuration
+
+    @classmethod
+    def from_table(cls, table: Any, where: str, problems: List[str]) -> Optional["Action"]:
+        before = len(problems)
+        values = read_table(table, cls.FIELDS, where, problems)
+        if values is None:
+            return None
+        cls.check_values(values, where, problems)
+        if len(problems) > before:
+            return None
+        return cls(**values)
+
+    @classmethod
+    def check_values(cls, values: Dict[str, Any], where: str, problems: List[str]) -> None:
+        """Cross-key rules; single-key rules live in FIELDS."""
+
+    def identity(self) -> Tuple[Any, ...]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"type": self.TYPE}
+        for f in self.FIELDS:
+            value = getattr(self, f.attr)
+            if value is not None:
+                out[f.key] = value
+        return out
+
+    def depends_on(self, other: "Action") -> bool:
+        """True when this action must wait for ``other`` (same group) to be applied."""
+        return False
+
+    # -- AWS
+
+    def resolve_reads(self) -> Tuple[str, ...]:
+        """Snapshot kinds resolve() needs (beyond the local ENI)."""
+        return ()
+
+    def observe_reads(self) -> Tuple[str, ...]:
+        return ()
+
+    def resolve(self, local: LocalEni, snap: Snapshot) -> Target:
+        return {"eni": local.eni_id}
+
+    def apply(self, ec2: Ec2, target: Target) -> str:
+        raise NotImplementedError
+
+    def observe(self, snap: Snapshot, target: Target) -> Observation:
+        raise NotImplementedError
+
+    def unconfirmed(self, imds: ImdsClient, local: LocalEni) -> Optional[str]:
+        """What the metadata service does not show yet of an applied action (None: nothing)."""
+        return None
+
+    def probe(self, prober: Prober, target: Target, local: LocalEni, snap: Snapshot) -> Probe:
+        """Prove the IAM permissions ``apply`` needs, changing nothing (validate --permissions)."""
+        raise NotImplementedError
+
+
+def exactly_one(values: Dict[str, Any], where: str, problems: List[str], first: str, second: str,
+                 first_text: str = "") -> None:
+    """Exactly one of two keys (a key that was given but invalid counts as given)."""
+    a, b = values[first.replace("-", "_")], values[second.replace("-", "_")]
+    if a and b:
+        problems.append(f"{where}: give either '{first}' or '{second}', not both")
+    elif not a and not b and not any(p.startswith((f"{where}.{first}", f"{where}.{second}")) for p in problems):
+        problems.append(f"{where}: missing {first_text or repr(first)} or '{second}'")
+
+
+INTERFACE = Field("interface", interface_name, required=True)
+VRF = Field("vrf", vrf_name, MAIN_VRF)
+
+
+def reads_for(actions: Sequence[Action], *phases: str) -> Tuple[str, ...]:
+    """Snapshot kinds the actions need for the given phases ("resolve", "observe")."""
+    kinds = set()
+    for action in actions:
+        if "resolve" in phases:
+            kinds.update(action.resolve_reads())
+        if "observe" in phases:
+            kinds.update(action.observe_reads())
+    return tuple(sorted(kinds))
+
+
