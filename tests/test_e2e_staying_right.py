@@ -36,10 +36,14 @@ PARTITION = 4.0
 HOLD = max(REASSERT, HAND_BACK) + 1.5   # long enough for one more re-check and any hand-back
 
 
+def make_lab(routers, tmp_path, mode, reassert=REASSERT, **kw):
+    return Lab(routers.cloud, routers, workdir=tmp_path / "lab", mode=mode,
+               aws_options={"reassert-interval": reassert, "consistency-window": WINDOW}, **kw)
+
+
 @pytest.fixture(params=["notify", "fifo"])
 def lab(request, routers, tmp_path):
-    with Lab(routers.cloud, routers, workdir=tmp_path / "lab", mode=request.param,
-             aws_options={"reassert-interval": REASSERT, "consistency-window": WINDOW}) as lab_:
+    with make_lab(routers, tmp_path, request.param) as lab_:
         yield lab_
 
 
@@ -184,3 +188,62 @@ def test_split_brain_winner_dies(lab):
     assert_tools_ok(lab)
     proc = lab.check("r1")
     assert proc.returncode == 0, f"{proc.returncode}\n{proc.stdout}{proc.stderr}"
+
+
+def test_master_rx_lower_pri_rechecks_at_once(routers, tmp_path):
+    """fifo mode, periodic re-checks off: keepalived tells the master it heard a
+    lower-priority advert (the peer believed it was master), and AWS comes back at once.
+
+    The partition heals one way first (r2's adverts reach r1, r1's still go nowhere), so
+    r1 surely hears r2 while r2 is still MASTER; the hand-back of r2 (after its BACKUP)
+    cannot be what brings AWS back: r2 is still MASTER when it is back."""
+    with make_lab(routers, tmp_path, "fifo", reassert=0) as lab:
+        start_r1_master(lab)
+        lab.partition()
+        lab.wait_state("r2", "MASTER", timeout=5)
+        lab.wait_aws_points_to("r2", timeout=SLACK)
+        t_heal = lab.heal("r2")
+        took = lab.wait_aws_points_to("r1", timeout=SLACK, since=t_heal)
+        heard = [e for e in lab.events("r1", since=t_heal) if e.state == "MASTER_RX_LOWER_PRI"]
+        assert heard, lab.describe()
+        assert lab.keepalived_state("r2") == "MASTER", "AWS must be back before r2 stepped down"
+        assert "lower-priority advert" in lab.tool_log("r1")
+        lab.heal()
+        lab.wait_state("r2", "BACKUP", timeout=5)
+        assert states(lab, "r1", since=t_heal) == []
+        assert_stays_on(lab, "r1", HAND_BACK + 1)
+        assert_tools_ok(lab)
+        assert took < SLACK
+
+
+OUT_OF_ORDER = ("per-event commands are ordered by when they record their state, not by keepalived's "
+                "order: a `master` slower to start than the `backup` that follows it is applied last")
+
+
+@pytest.mark.parametrize("mode", [pytest.param("notify", marks=pytest.mark.xfail(strict=True, reason=OUT_OF_ORDER)),
+                                  "fifo"])
+def test_flap_shorter_than_the_tools_start_up_ends_on_the_master(routers, tmp_path, mode):
+    """A loaded machine: r2 is MASTER for a tenth of a second.  Per-event mode: keepalived
+    runs `master` then `backup`, but `master` starts slower (the wrapper delays its exec by
+    0.5 s) and reaches the state directory after `backup`.  keepalived's order is what
+    counts: AWS must end on r1, the router that stayed VRRP MASTER.  (fifo mode reads the
+    two lines in order; the delay does not apply to it.)"""
+    with make_lab(routers, tmp_path, mode, tool_delay={"master": 0.5}) as lab:
+        start_r1_master(lab)
+        t_cut = lab.partition()
+        t_master = lab.wait_state("r2", "MASTER", timeout=5)
+        lab.heal()
+        t_backup = lab.wait_state("r2", "BACKUP", timeout=5)
+        assert t_backup - t_master < 0.5, "the flap must end before r2's `master` starts"
+        assert states(lab, "r2", since=t_cut) == ["MASTER", "BACKUP"]
+        if mode == "notify":
+            calls = [c for c in lab.notify_calls("r2") if c.start >= t_cut]
+            assert [c.command for c in calls] == ["master", "backup"], calls
+            end = time.monotonic() + 10
+            while calls[0].end is None and time.monotonic() < end:   # the late `master` has done its worst
+                time.sleep(0.05)
+        lab.wait_aws_points_to("r1", timeout=max(0.0, t_backup + WINDOW + 10 - time.time()), since=t_backup)
+        assert_stays_on(lab, "r1")
+        assert states(lab, "r1", since=t_cut) == []
+        assert_tools_ok(lab)
+        assert_check_ok(lab)

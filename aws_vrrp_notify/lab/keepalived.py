@@ -86,12 +86,16 @@ POLL = 0.01
 
 WRAPPER = r"""#!/bin/bash
 # aws-vrrp-notify lab: log when keepalived runs a notify command and how it ended, and keep
-# the command's stderr. Usage (on a notify line): lab-notify COMMAND [ARGS...]
+# the command's stderr. Usage (on a notify line): lab-notify [--delay SECONDS] COMMAND [ARGS...]
 # keepalived gives its scripts a parent-death signal (SIGTERM when it dies); the command
 # gets that signal as it would without this wrapper, and its exit status is still logged.
+# --delay: the command's process is forked at once and execs COMMAND that much later
+# (a slow start-up on a loaded machine; its process start time stays keepalived's order).
 log=${LAB_NOTIFY_LOG:-/dev/null}
+delay=0
+if [ "$1" = --delay ]; then delay=$2; shift 2; fi
 printf '%s %s start %s\n' "$EPOCHREALTIME" "$$" "$*" >>"$log"
-"$@" 2>>"${LAB_TOOL_LOG:-/dev/null}" </dev/null &
+{ [ "$delay" = 0 ] || sleep "$delay"; exec "$@"; } 2>>"${LAB_TOOL_LOG:-/dev/null}" </dev/null &
 child=$!
 trap 'kill -TERM "$child" 2>/dev/null' TERM
 trap 'kill -INT "$child" 2>/dev/null' INT
@@ -256,13 +260,16 @@ class Lab:
     ``aws-vrrp-notify fifo`` per keepalived launch, as its ``vrrp_notify_fifo_script``
     (keepalived appends the FIFO's path); the lab's own ``notify_fifo`` still reports the
     states. ``aws_options``: extra ``[aws]`` keys of the tool's configuration, e.g.
-    ``{"reassert-interval": 2, "consistency-window": 1}``.
+    ``{"reassert-interval": 2, "consistency-window": 1}``.  ``tool_delay``: per notify
+    command (``{"master": 0.5}``), seconds the wrapper waits before it execs the tool: a
+    slow start, so that a later event's command may record its state first.
     """
 
     def __init__(self, cloud=None, routers=None, *, workdir: Optional[os.PathLike] = None,
                  tool: Optional[str] = None, tool_verbose: int = 1, deadline: float = 20,
                  on_event: Optional[Callable[[object], None]] = None, wrap: bool = True,
-                 mode: str = "notify", aws_options: Optional[Mapping[str, object]] = None):
+                 mode: str = "notify", aws_options: Optional[Mapping[str, object]] = None,
+                 tool_delay: Optional[Mapping[str, float]] = None):
         if mode not in MODES:
             raise LabError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.cloud = cloud
@@ -281,7 +288,8 @@ class Lab:
         self.wrap = wrap
         self.mode = mode
         self.aws_options = dict(aws_options or {})
-        self.partitioned = False
+        self.tool_delay = dict(tool_delay or {})
+        self.cut: set = set()   # routers whose adverts go nowhere (partition)
         self.launches: Dict[str, List[_Launch]] = {}
         self._events: List[Event] = []
         self._calls: Dict[tuple, NotifyCall] = {}
@@ -468,8 +476,10 @@ private-ip = "{VIP}"
         peers = [o.addrs["eth0"] for n, o in self.routers.items() if n != name]
         prefix = f"{self.workdir / 'bin' / 'lab-notify'} " if self.wrap else ""
 
-        def command(*args: str) -> str:
-            return f'"{prefix}{" ".join(self.tool_argv(name, *args))}"'
+        def command(verb: str, *args: str) -> str:
+            delay = self.tool_delay.get(verb)
+            wait = f"--delay {delay:g} " if delay and self.wrap else ""
+            return f'"{prefix}{wait}{" ".join(self.tool_argv(name, verb, *args))}"'
 
         if tool_fifo is None:
             tool_global = []
@@ -660,31 +670,37 @@ private-ip = "{VIP}"
     def link_up(self, name: str, ifname: str = "eth0") -> None:
         ip("link", "set", ifname, "up", ns=self.router(name).ns)
 
-    def partition(self) -> float:
-        """Cut VRRP between the routers and nothing else: on each side, a permanent neighbour
-        entry gives the peer's eth0 address a MAC nobody has, so the unicast adverts go
-        nowhere (moto and the metadata service are on each router's loopback).  Returns
-        the time of the cut."""
+    def partition(self, *names: str) -> float:
+        """Cut VRRP between the routers and nothing else: in each router of ``names``
+        (default: all), a permanent neighbour entry gives the peers' eth0 addresses a MAC
+        nobody has, so its unicast adverts go nowhere (moto and the metadata service are on
+        each router's loopback).  Returns the time of the cut."""
         t = time.time()
-        for name, peer in self._peer_pairs():
-            ip("neigh", "replace", peer, "lladdr", NOWHERE_MAC, "dev", "eth0", "nud", "permanent",
-               ns=self.router(name).ns)
-        self.partitioned = True
+        for name in names or tuple(self.routers):
+            for peer in self._peer_addrs(name):
+                ip("neigh", "replace", peer, "lladdr", NOWHERE_MAC, "dev", "eth0", "nud", "permanent",
+                   ns=self.router(name).ns)
+            self.cut.add(name)
         self.last_fault = t
         return t
 
-    def heal(self, *, check: bool = True) -> float:
-        """Undo :meth:`partition` (delete the neighbour entries).  Returns the time."""
+    def heal(self, *names: str, check: bool = True) -> float:
+        """Undo :meth:`partition` in ``names`` (default: every router cut): their adverts
+        reach the peers again.  Healing one side first makes the cut one-way: the other
+        side hears this one's adverts while its own still go nowhere.  Returns the time."""
         t = time.time()
-        for name, peer in self._peer_pairs():
-            ip("neigh", "del", peer, "dev", "eth0", ns=self.router(name).ns, check=check)
-        self.partitioned = False
+        for name in names or sorted(self.cut):
+            for peer in self._peer_addrs(name):
+                ip("neigh", "del", peer, "dev", "eth0", ns=self.router(name).ns, check=check)
+            self.cut.discard(name)
         return t
 
-    def _peer_pairs(self) -> List[tuple]:
-        """(router, the eth0 address of another router) for every ordered pair."""
-        return [(name, other.addrs["eth0"]) for name in self.routers
-                for o_name, other in self.routers.items() if o_name != name]
+    @property
+    def partitioned(self) -> bool:
+        return bool(self.cut)
+
+    def _peer_addrs(self, name: str) -> List[str]:
+        return [other.addrs["eth0"] for o_name, other in self.routers.items() if o_name != name]
 
     # ================================================================== observation
     def _event(self, item) -> None:
