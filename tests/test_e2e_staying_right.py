@@ -10,6 +10,8 @@ keepalived), after split brains that keepalived reports to one side only.
 * The start-up race: both routers MASTER for a moment, both running ``master``.
 * The router that took AWS in a split brain dies: nobody steps down, so only fifo mode's
   periodic re-check repairs it; per-event mode leaves it to ``check --repair``.
+* keepalived's ``MASTER_RX_LOWER_PRI`` (fifo mode) re-checks at once.
+* A flap shorter than the tool's start-up: keepalived's order of events must win.
 
 VRRP is cut by :meth:`Lab.partition` (a neighbour entry with a MAC nobody has: the
 unicast adverts go nowhere, AWS stays reachable).  Every test asserts AWS state (read
@@ -128,11 +130,9 @@ def test_startup_race_with_both_master_ends_on_the_vrrp_master(lab):
     for name in ("r1", "r2"):
         lab.wait_state(name, "MASTER", timeout=5)
     wait_master_runs_done(lab, "r1", "r2")
-    held = lab.aws_view()
     lab.heal()
     t_settled = lab.wait_state("r2", "BACKUP", timeout=5)
-    took = lab.wait_aws_points_to("r1", timeout=WINDOW + 10, since=t_settled)
-    assert took <= WINDOW + 10, (took, held)
+    lab.wait_aws_points_to("r1", timeout=WINDOW + 10, since=t_settled)
     assert states(lab, "r1", since=t0) == ["BACKUP", "MASTER"]
     assert states(lab, "r2", since=t0) == ["BACKUP", "MASTER", "BACKUP"]
     assert_stays_on(lab, "r1")
@@ -150,12 +150,12 @@ def test_startup_race_without_partition_ends_on_the_vrrp_master(lab):
         t_settled = lab.wait_state("r1", "MASTER", timeout=5)
         if "MASTER" in states(lab, "r2", since=t0):
             break
-        lab.stop("r1"), lab.stop("r2")   # r1 was first after all: no race this time
+        lab.stop("r1")   # r1 was first after all: no race this time
+        lab.stop("r2")
     else:
         pytest.fail(f"r2 never became MASTER before r1 in 3 attempts\n{lab.describe()}")
     t_settled = max(t_settled, lab.wait_state("r2", "BACKUP", timeout=5))
-    took = lab.wait_aws_points_to("r1", timeout=WINDOW + 10, since=t_settled)
-    assert took <= WINDOW + 10, took
+    lab.wait_aws_points_to("r1", timeout=WINDOW + 10, since=t_settled)
     assert states(lab, "r2", since=t0) == ["BACKUP", "MASTER", "BACKUP"]
     assert any(c.command == "master" for c in lab.notify_calls("r2")) or lab.mode == "fifo"
     assert_stays_on(lab, "r1")
