@@ -83,6 +83,7 @@ MODES = ("notify", "fifo")
 NOWHERE_MAC = "02:00:5e:00:de:ad"   # a locally administered MAC no interface of the lab has
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLL = 0.01
+TOOL_STOP_WAIT = 3.0   # seconds Lab.close waits for the tool's processes after keepalived stopped
 
 WRAPPER = r"""#!/bin/bash
 # aws-vrrp-notify lab: log when keepalived runs a notify command and how it ended, and keep
@@ -371,6 +372,7 @@ class Lab:
             for name in list(self.launches):
                 for launch in self.launches[name]:
                     self._terminate(name, launch)
+            self._wait_tools(TOOL_STOP_WAIT)
             if self.partitioned:
                 self.heal(check=False)
             for name, r in self.routers.items():
@@ -390,6 +392,13 @@ class Lab:
                 shutil.rmtree(self.workdir, ignore_errors=True)
         finally:
             restore()
+
+    def _wait_tools(self, timeout: float) -> None:
+        """Give the commands keepalived started a moment to end: keepalived signals them as it
+        stops (a fifo reader records STOP and leaves about a second later)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and any(c.end is None and _alive(c.pid) for c in self.notify_calls()):
+            time.sleep(0.05)
 
     def _terminate(self, name: str, launch: _Launch) -> None:
         proc = launch.proc
