@@ -101,13 +101,27 @@ def fifo(ctx: click.Context, path: Optional[str]) -> None:
 @cli.command(context_settings=CONTEXT, short_help="Check the configuration file (and IAM permissions).")
 @click.option("--permissions", is_flag=True,
               help="Also resolve every interface and VRF and prove the IAM permissions of every action.")
+@click.option("--environment", is_flag=True,
+              help="Check this instance the way a failover needs it: PASS/WARN/FAIL per check, exit 0/1/2.")
+@click.option("--json", "as_json", is_flag=True, help="With --environment: one JSON object instead of text.")
+@click.option("--keepalived-conf", metavar="PATH", envvar="AWS_VRRP_NOTIFY_KEEPALIVED_CONF", show_envvar=True,
+              help="With --environment: keepalived's configuration  [default: /etc/keepalived/keepalived.conf]")
 @click.pass_context
-def validate(ctx: click.Context, permissions: bool) -> None:
-    """Check the configuration file (no AWS, IMDS or netlink unless --permissions)."""
+def validate(ctx: click.Context, permissions: bool, environment: bool, as_json: bool,
+             keepalived_conf: Optional[str]) -> None:
+    """Check the configuration file (no AWS, IMDS or netlink unless --permissions or --environment)."""
     from .commands import load_config, report_config_error
     from .config import ConfigError
 
     opts: Options = ctx.obj
+    if environment:
+        if as_json and permissions:
+            raise click.UsageError("--json goes with --environment alone, not with --permissions")
+        from .environment import run
+
+        ctx.exit(run(opts, as_json, keepalived_conf, permissions))
+    if as_json:
+        raise click.UsageError("--json goes with --environment")
     try:
         cfg = load_config(opts.config)
     except ConfigError as exc:
