@@ -134,6 +134,20 @@ def validate(ctx: click.Context, permissions: bool, environment: bool, as_json: 
     click.echo(f"{cfg.path}: OK ({len(cfg.groups)} group(s), {actions} action(s))")
 
 
+@cli.command(context_settings=CONTEXT, short_help="For keepalived's vrrp_script: could this instance be MASTER now?")
+@click.argument("groups", metavar="[GROUP]...", nargs=-1)
+@click.option("--max-age", metavar="SECONDS", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="Reuse a good EC2 answer up to this old (a failure is never reused).")
+@click.pass_context
+def health(ctx: click.Context, groups: tuple, max_age: float) -> None:
+    """For keepalived's vrrp_script: exit 0 when a MASTER transition of the groups (all by
+    default) could succeed now, else 1 with one line saying why. Answers within 2 s."""
+    from .health import run
+
+    opts: Options = ctx.obj
+    ctx.exit(run(opts.config, opts.state_dir, opts.cache_dir, opts.verbose, groups, max_age))
+
+
 @cli.command(context_settings=CONTEXT, short_help="Instance, network ports and ENIs, groups in sync.")
 @click.argument("section", required=False, type=click.Choice(["instance", "network-port", "ha-notification"]))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")

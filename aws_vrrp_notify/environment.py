@@ -27,7 +27,7 @@ from .findings import FAIL, PASS, WARN, EXIT_STATUS, Finding, not_checked, text,
 from .imds import ImdsClient, ImdsError, ImdsUnavailable, dmi_says_ec2
 from .keepalived_conf import DEFAULT_PATH as KEEPALIVED_CONF, KeepalivedConf, KeepalivedConfError, read_keepalived_conf
 from .logsetup import log
-from .trust import ownership_problem
+from .reachability import failure_kind
 
 IMDS_BUDGET = 10.0
 AWS_BUDGET = 15.0
@@ -38,12 +38,7 @@ ENDPOINT_FIX = ("allow HTTPS from this instance to the endpoint (security group 
                 "a NAT or internet gateway), or use an interface VPC endpoint for ec2 with private DNS, or set "
                 "HTTPS_PROXY in keepalived's environment")
 CLOCK_FIX = "synchronise the clock (chrony or systemd-timesyncd with the Amazon Time Sync Service, 169.254.169.123)"
-# botocore.exceptions names, by what they say about the failure
-NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
-                  "UnknownCredentialError")
-REJECTED = frozenset({"AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
-                      "ExpiredToken", "RequestExpired", "InvalidAccessKeyId", "IncompleteSignature"})
-DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+
 
 
 def run(opts: Any, as_json: bool, keepalived_path: Optional[str], with_permissions: bool) -> int:
@@ -224,7 +219,10 @@ class Inspection:
     # ------------------------------------------------------------ the metadata service
 
     def metadata(self) -> List[Finding]:
-        imds = ImdsClient(deadline=Deadline(IMDS_BUDGET), attempts=2, connect_timeout=1.0, read_timeout=1.0)
+        try:
+            imds = ImdsClient(deadline=Deadline(IMDS_BUDGET), attempts=2, connect_timeout=1.0, read_timeout=1.0)
+        except ImdsError as exc:  # a bad AWS_EC2_METADATA_SERVICE_ENDPOINT(_MODE)
+            return [Finding(FAIL, "metadata", "", str(exc), "correct or unset the variable")]
         where = isolation()
         if imds.disabled:
             return [Finding(FAIL, "metadata", imds.endpoint, "disabled by AWS_EC2_METADATA_DISABLED=true: "
@@ -359,28 +357,6 @@ class Inspection:
 # ---------------------------------------------------------------- findings of the AWS call
 
 
-def _failure(exc: BaseException) -> Tuple[str, str, str]:
-    """(kind, AWS code or exception name, message) of a failed call; kind is one of denied,
-    rejected, no-credentials, throttled, server, network, answered."""
-    from .ec2 import THROTTLING_CODES, error_code, error_message
-
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code, message = error_code(exc), error_message(exc)
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in DENIED:
-            return "denied", code, message
-        if code in REJECTED:
-            return "rejected", code, message
-        if code in THROTTLING_CODES:
-            return "throttled", code, message
-        return ("server" if status >= 500 else "answered"), code, message
-    name = type(exc).__name__
-    if name in NO_CREDENTIALS:
-        return "no-credentials", name, str(exc)
-    return "network", name, str(exc) or name
-
-
 def _short(message: str, limit: int = 300) -> str:
     return message if len(message) <= limit else message[:limit - 3] + "..."
 
@@ -391,7 +367,7 @@ def _credentials(who: str, answer: Answer) -> Finding:
         return Finding(PASS, "credentials", "", f"{who}: they work: ec2:DescribeNetworkInterfaces answered "
                        f"({len(answer.enis or [])} ENIs {answer.scope}) in {took:.0f} ms; write permissions: "
                        "validate --permissions")
-    kind, code, message = _failure(answer.error)
+    kind, code, message = failure_kind(answer.error)
     if kind == "denied":
         return Finding(FAIL, "credentials", "", f"{who}: ec2:DescribeNetworkInterfaces is denied ({code}: "
                        f"{_short(message)})", IAM_FIX)
@@ -425,10 +401,10 @@ def _via(reached: Any) -> str:
 def _endpoint(url: str, reached: Any, answer: Answer) -> Finding:
     via = _via(reached)
     if not reached.ok:
-        return Finding(FAIL, "ec2-endpoint", url, f"{reached.error} ({via})", ENDPOINT_FIX)
+        return Finding(FAIL, "ec2-endpoint", url, f"{reached.error}; {via}", ENDPOINT_FIX)
     tcp = f"TCP connect {reached.seconds * 1000:.0f} ms"
     if answer.error is not None:
-        kind, code, message = _failure(answer.error)
+        kind, code, message = failure_kind(answer.error)
         if kind == "network":
             return Finding(FAIL, "ec2-endpoint", url, f"TCP connects ({via}, {tcp}) but the request failed: "
                            f"{code}: {_short(message)}", ENDPOINT_FIX)
@@ -443,7 +419,7 @@ def _clock(answer: Answer) -> Finding:
 
     offset = clock_offset(answer.date, answer.sent, answer.received)
     if offset is None:
-        if answer.error is not None and _failure(answer.error)[0] in ("network", "no-credentials"):
+        if answer.error is not None and failure_kind(answer.error)[0] in ("network", "no-credentials"):
             return not_checked("clock", "", "no answer from EC2 to read its Date from")
         return Finding(WARN, "clock", "", "EC2's answer had no Date header to compare with",
                        "compare with AWS's time by other means (chronyc tracking)")

@@ -180,3 +180,36 @@ def describe_credentials(method: Optional[str], settings: Any, role: Optional[st
     if method == "iam-role" and role:
         text += f" (role {role})"
     return text
+
+
+# ---------------------------------------------------------------- failed calls
+
+# botocore.exceptions names, by what they say about the failure
+NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                  "UnknownCredentialError")
+REJECTED = frozenset({"AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
+                      "ExpiredToken", "RequestExpired", "InvalidAccessKeyId", "IncompleteSignature"})
+DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+
+
+def failure_kind(exc: BaseException) -> Tuple[str, str, str]:
+    """(kind, AWS code or exception name, message) of a failed botocore call; kind is one of
+    denied, rejected (the credentials), no-credentials, throttled, server (5xx), network (no
+    answer), answered (any other error: the request was authenticated)."""
+    from .ec2 import THROTTLING_CODES, error_code, error_message
+
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code, message = error_code(exc), error_message(exc)
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in DENIED:
+            return "denied", code, message
+        if code in REJECTED:
+            return "rejected", code, message
+        if code in THROTTLING_CODES:
+            return "throttled", code, message
+        return ("server" if status >= 500 else "answered"), code, message
+    name = type(exc).__name__
+    if name in NO_CREDENTIALS:
+        return "no-credentials", name, str(exc)
+    return "network", name, str(exc) or name
