@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sys
 import time
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
 
 import pytest
+
+from aws_vrrp_notify.__main__ import HealthCall, parse_fast
+from aws_vrrp_notify.config import parse
+from aws_vrrp_notify.keepalived_conf import read_keepalived_conf
 
 from test_failover import assign, cfg, ok, route
 from test_hardening import Syslog
@@ -175,3 +186,15 @@ def test_check_prometheus_exports_the_verdict(routers, run_tool, config, fault_p
                     state_dir=run_tool.state_dir(r1))
     samples = parse_prometheus(prom.read_text())
     assert proc.returncode == 3 and samples["aws_vrrp_notify_health_ready"] == 0
+
+
+def test_contrib_example_tracks_health_of_a_configured_group():
+    keepalived = Path(__file__).resolve().parent.parent / "contrib" / "keepalived"
+    conf = read_keepalived_conf(str(keepalived / "health.conf"))
+    assert conf.health_scripts == ("aws_ready",) and conf.tracked_scripts == ("aws_ready",)
+    assert conf.script_security and conf.script_user == "root" and conf.unicast_peers == ("10.0.1.11",)
+    [command] = re.findall(r'^\s*script\s+"([^"]+)"', (keepalived / "health.conf").read_text(), re.M)
+    call = parse_fast(command.split()[1:])
+    assert isinstance(call, HealthCall) and call.groups == ("VI_1",)   # no click: the fast path
+    groups = parse(tomllib.loads((keepalived / "config.toml").read_text()), "config.toml").groups
+    assert set(call.groups) <= set(groups)
