@@ -724,7 +724,8 @@ def test_prometheus_rules_use_the_metrics_written():
             used |= set(re.findall(r"aws_vrrp_notify_[a-z_]+", rule["expr"]))
     assert used <= written, f"rules use metrics that check never writes: {sorted(used - written)}"
     assert {"aws_vrrp_notify_group_status", "aws_vrrp_notify_check_error",
-            "aws_vrrp_notify_check_timestamp_seconds", "aws_vrrp_notify_group_in_sync"} <= used
+            "aws_vrrp_notify_check_timestamp_seconds", "aws_vrrp_notify_group_in_sync",
+            "aws_vrrp_notify_health_ready"} <= used
 
 
 def test_completion_recipe_works():
