@@ -98,7 +98,9 @@ def status_without_token(endpoint: str, timeout: float = 1.0) -> Optional[int]:
     """The HTTP status of a GET without a token (401 when IMDSv2 is required), None without an
     answer: tells a lost PUT answer (the hop limit) from a metadata service that is not there."""
     parts = urllib.parse.urlsplit(endpoint)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    https = parts.scheme == "https"
+    connection = http.client.HTTPSConnection if https else http.client.HTTPConnection
+    conn = connection(parts.hostname, parts.port or (443 if https else 80), timeout=timeout)
     try:
         conn.request("GET", parts.path.rstrip("/") + "/latest/meta-data/")
         return conn.getresponse().status
@@ -136,6 +138,8 @@ class Answer(NamedTuple):
 
 
 class Inspection:
+    """One run of the checks: each method checks one thing and keeps what later checks need."""
+
     def __init__(self, opts: Any, keepalived_path: Optional[str]):
         self.opts = opts
         self.keepalived_path = keepalived_path or os.environ.get(KEEPALIVED_CONF_ENV) or KEEPALIVED_CONF

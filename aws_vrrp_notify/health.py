@@ -59,9 +59,7 @@ class Verdict:
 def run(config: Optional[str], state: Optional[str], cache: Optional[str], verbosity: int,
         groups: Sequence[str], max_age: float) -> int:
     """The health command: print the verdict, log a change of it, exit 0 (ready) or 1."""
-    from .logsetup import setup
-
-    from .logsetup import START
+    from .logsetup import START, setup
 
     setup(verbosity)
     verdict = assess_within(config, state, cache, groups, max_age, START + ANSWER_WITHIN, create=True)
