@@ -10,7 +10,7 @@ import sys
 from collections import namedtuple
 TYPE_CHECKING = False  # typing costs ~5 ms of a keepalived BACKUP: annotations only
 if TYPE_CHECKING:
-    from typing import List, Optional
+    from typing import List, Optional, Union
 
 gc.disable()  # a short-lived process: cyclic GC only costs time (PERF.md §4)
 
@@ -20,10 +20,11 @@ NOTIFY_STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
 
 
 FastCall = namedtuple("FastCall", "config state_dir cache_dir verbosity state group via_notify")
+HealthCall = namedtuple("HealthCall", "config state_dir cache_dir verbosity groups")  # vrrp_script: every few s
 PATH_OPTIONS = {"-c": "config", "--config": "config", "--state-dir": "state_dir", "--cache-dir": "cache_dir"}
 
 
-def parse_fast(argv: List[str]) -> Optional[FastCall]:
+def parse_fast(argv: List[str]) -> Optional[Union[FastCall, HealthCall]]:
     paths = {"config": None, "state_dir": None, "cache_dir": None}
     verbosity = 0
     i = 0
@@ -44,6 +45,8 @@ def parse_fast(argv: List[str]) -> Optional[FastCall]:
     if any(a.startswith("-") for a in rest) or not rest:
         return None
     command, args = rest[0], rest[1:]
+    if command == "health":
+        return HealthCall(verbosity=verbosity, groups=tuple(args), **paths)
     if command in TRANSITIONS and len(args) == 1:
         return FastCall(verbosity=verbosity, state=TRANSITIONS[command], group=args[0], via_notify=False, **paths)
     if command == "notify" and len(args) in (3, 4):
@@ -77,6 +80,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stdout.flush()
         return 0
     fast = parse_fast(args)
+    if isinstance(fast, HealthCall):
+        from .health import DEFAULT_MAX_AGE, run
+
+        code = run(fast.config, fast.state_dir, fast.cache_dir, fast.verbosity, fast.groups, DEFAULT_MAX_AGE)
+        if argv is None:
+            _finish(code)
+        return code
     if fast is not None:
         from .commands import transition
 

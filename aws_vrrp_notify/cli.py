@@ -101,13 +101,27 @@ def fifo(ctx: click.Context, path: Optional[str]) -> None:
 @cli.command(context_settings=CONTEXT, short_help="Check the configuration file (and IAM permissions).")
 @click.option("--permissions", is_flag=True,
               help="Also resolve every interface and VRF and prove the IAM permissions of every action.")
+@click.option("--environment", is_flag=True,
+              help="Check this instance the way a failover needs it: PASS/WARN/FAIL per check, exit 0/1/2.")
+@click.option("--json", "as_json", is_flag=True, help="With --environment: one JSON object instead of text.")
+@click.option("--keepalived-conf", metavar="PATH", envvar="AWS_VRRP_NOTIFY_KEEPALIVED_CONF", show_envvar=True,
+              help="With --environment: keepalived's configuration  [default: /etc/keepalived/keepalived.conf]")
 @click.pass_context
-def validate(ctx: click.Context, permissions: bool) -> None:
-    """Check the configuration file (no AWS, IMDS or netlink unless --permissions)."""
+def validate(ctx: click.Context, permissions: bool, environment: bool, as_json: bool,
+             keepalived_conf: Optional[str]) -> None:
+    """Check the configuration file (no AWS, IMDS or netlink unless --permissions or --environment)."""
     from .commands import load_config, report_config_error
     from .config import ConfigError
 
     opts: Options = ctx.obj
+    if environment:
+        if as_json and permissions:
+            raise click.UsageError("--json goes with --environment alone, not with --permissions")
+        from .environment import run
+
+        ctx.exit(run(opts, as_json, keepalived_conf, permissions))
+    if as_json:
+        raise click.UsageError("--json goes with --environment")
     try:
         cfg = load_config(opts.config)
     except ConfigError as exc:
@@ -118,6 +132,20 @@ def validate(ctx: click.Context, permissions: bool) -> None:
         ctx.exit(check_permissions(cfg, opts))
     actions = sum(len(g.actions) for g in cfg.groups.values())
     click.echo(f"{cfg.path}: OK ({len(cfg.groups)} group(s), {actions} action(s))")
+
+
+@cli.command(context_settings=CONTEXT, short_help="For keepalived's vrrp_script: could this instance be MASTER now?")
+@click.argument("groups", metavar="[GROUP]...", nargs=-1)
+@click.option("--max-age", metavar="SECONDS", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="Reuse a good EC2 answer up to this old (a failure is never reused).")
+@click.pass_context
+def health(ctx: click.Context, groups: tuple, max_age: float) -> None:
+    """For keepalived's vrrp_script: exit 0 when a MASTER transition of the groups (all by
+    default) could succeed now, else 1 with one line saying why. Answers within 2 s."""
+    from .health import run
+
+    opts: Options = ctx.obj
+    ctx.exit(run(opts.config, opts.state_dir, opts.cache_dir, opts.verbose, groups, max_age))
 
 
 @cli.command(context_settings=CONTEXT, short_help="Instance, network ports and ENIs, groups in sync.")

@@ -249,7 +249,12 @@ def check(config: Optional[str], state: Optional[str], verbosity: int, as_json: 
     except Exception as exc:
         log.exception("check failed unexpectedly: %s", exc)
         reports, error, problems = [], f"unexpected error: {exc}", None
-    return _report_check(reports, error, problems, as_json, prometheus)
+    health = None
+    if prometheus:  # the file also says whether this instance could become MASTER now
+        from .health import ready_for_metrics
+
+        health = ready_for_metrics(config, state, cache)
+    return _report_check(reports, error, problems, as_json, prometheus, health)
 
 
 def _observe_for_check(config: Optional[str], state: Optional[str], repair: bool, cache: Optional[str]):
@@ -294,7 +299,8 @@ def _observe_for_check(config: Optional[str], state: Optional[str], repair: bool
     return reports, None, None
 
 
-def _report_check(reports, error: Optional[str], problems, as_json: bool, prometheus: Optional[str]) -> int:
+def _report_check(reports, error: Optional[str], problems, as_json: bool, prometheus: Optional[str],
+                  health: Optional[bool] = None) -> int:
     """Print the report and write the Prometheus file; a file that cannot be written is UNKNOWN."""
     import time
 
@@ -303,7 +309,7 @@ def _report_check(reports, error: Optional[str], problems, as_json: bool, promet
     worst, lines = check_lines(reports, error)
     if prometheus:
         try:
-            write_prometheus(prometheus, prometheus_text(reports, worst, error, time.time()))
+            write_prometheus(prometheus, prometheus_text(reports, worst, error, time.time(), health))
         except OSError as exc:
             why = f"cannot write the Prometheus file {prometheus}: {exc.strerror}"
             log.error("%s", why)

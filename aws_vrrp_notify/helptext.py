@@ -23,6 +23,7 @@ Commands:
   check     Drift report for cron: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
   fault     keepalived notify_fault: record the transition (no AWS write).
   fifo      Long-running reader of keepalived's notify FIFO.
+  health    For keepalived's vrrp_script: could this instance be MASTER now?
   master    keepalived notify_master: apply GROUP's actions.
   notify    keepalived generic notify script: TYPE NAME STATE [PRIORITY].
   status    Instance, network ports and ENIs, groups in sync.

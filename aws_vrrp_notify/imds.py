@@ -147,6 +147,10 @@ class ImdsClient:
 
     # -- API
 
+    def token(self) -> str:
+        """An IMDSv2 token (the PUT), kept for its lifetime; ImdsUnavailable when nothing answers."""
+        return self._get_token()
+
     def available(self) -> bool:
         """False when nothing answers; raises ImdsError when something answers but badly."""
         try:

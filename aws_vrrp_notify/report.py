@@ -233,7 +233,9 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def prometheus_text(reports: Sequence[GroupReport], worst: int, error: Optional[str], now: float) -> str:
+def prometheus_text(reports: Sequence[GroupReport], worst: int, error: Optional[str], now: float,
+                    health: Optional[bool] = None) -> str:
+    """The facts of a check; ``health``: what `health` says of every group (None: not known)."""
     out = [
         "# HELP aws_vrrp_notify_check_timestamp_seconds When the drift check ran.",
         "# TYPE aws_vrrp_notify_check_timestamp_seconds gauge",
@@ -259,6 +261,11 @@ def prometheus_text(reports: Sequence[GroupReport], worst: int, error: Optional[
         for state in ("MASTER", "BACKUP", "FAULT", "STOP"):
             out.append(f'aws_vrrp_notify_group_state{{group="{_label(r.name)}",state="{state}"}} '
                        f'{1 if r.state == state else 0}')
+    out += ["# HELP aws_vrrp_notify_health_ready 1 when a MASTER transition of every group could succeed now "
+            "(aws-vrrp-notify health).",
+            "# TYPE aws_vrrp_notify_health_ready gauge"]
+    if health is not None:
+        out.append(f"aws_vrrp_notify_health_ready {1 if health else 0}")
     out += ["# HELP aws_vrrp_notify_action_in_sync 1 when AWS points this action to this instance.",
             "# TYPE aws_vrrp_notify_action_in_sync gauge"]
     for r in reports:

@@ -11,7 +11,8 @@
     proxy.close()
 
 The client points its endpoint at the proxy (``proxy.url``, plus ``path_prefix`` when
-given: requests elsewhere get 404, the prefix is removed upstream); the proxy forwards
+given: requests elsewhere get 404, the prefix is removed upstream); ``date_skew`` moves
+the ``Date`` of every answer by that many seconds (a server clock that is off); the proxy forwards
 to ``upstream`` (an ``http://127.0.0.1:<port>`` URL of this process's moto or
 IMDS) from this process.  Fault kinds:
 
@@ -156,7 +157,7 @@ class _Server(ThreadingHTTPServer):
 class FaultProxy:
     def __init__(self, upstream: str, *, ns: str | None = None, host: str = "127.0.0.1", port: int = 0,
                  upstream_timeout: float = 60.0, label: str | None = None, principal: str = DEFAULT_PRINCIPAL,
-                 path_prefix: str = ""):
+                 path_prefix: str = "", date_skew: float = 0.0):
         u = urllib.parse.urlsplit(upstream)
         if u.scheme != "http" or u.hostname not in ("127.0.0.1", "localhost"):
             raise ValueError("upstream must be an http://127.0.0.1:<port> URL of this process")
@@ -166,6 +167,7 @@ class FaultProxy:
         self.label = label  # sent upstream as X-Avn-Listener (Cloud.count_actions(listener=...))
         self.principal = principal  # who "denied" says was refused
         self.path_prefix = path_prefix  # served under this path (an endpoint URL with a path); removed upstream
+        self.date_skew = date_skew  # seconds added to the Date header of every answer
         self.rules: list[Rule] = []
         self.seen: list[tuple[str, str, str | None]] = []   # (method, path, action)
         self.counts: collections.Counter = collections.Counter()
@@ -223,6 +225,10 @@ class FaultProxy:
 
             def log_message(self, *a):
                 pass
+
+            def date_time_string(self, timestamp=None):
+                # the proxy answers with its own Date (the upstream's is dropped): skewed on request
+                return super().date_time_string((timestamp or time.time()) + proxy.date_skew)
 
             def _reset(self):
                 # SO_LINGER 0 + close = RST; the server skips its usual shutdown(SHUT_WR) (a FIN)

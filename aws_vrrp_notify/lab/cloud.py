@@ -600,10 +600,11 @@ class Cloud:
     def _snapshot(self) -> dict:
         t = self.topology
         ec2 = self.ec2
-        enis, enis6 = {}, {}
+        enis, enis6, checks = {}, {}, {}
         for n in ec2.describe_network_interfaces(Filters=[{"Name": "vpc-id", "Values": [t.vpc]}])["NetworkInterfaces"]:
             enis[n["NetworkInterfaceId"]] = [p["PrivateIpAddress"] for p in n["PrivateIpAddresses"]]
             enis6[n["NetworkInterfaceId"]] = [a["Ipv6Address"] for a in n.get("Ipv6Addresses", [])]
+            checks[n["NetworkInterfaceId"]] = n.get("SourceDestCheck")
         rtbs = {}
         for rt in ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [t.vpc]}])["RouteTables"]:
             rtbs[rt["RouteTableId"]] = {
@@ -613,11 +614,11 @@ class Cloud:
             }
         eips = {a["AllocationId"]: (a.get("NetworkInterfaceId") or None, a.get("PrivateIpAddress") or None)
                 for a in ec2.describe_addresses()["Addresses"] if a.get("AllocationId")}
-        return {"enis": enis, "enis6": enis6, "rtbs": rtbs, "eips": eips}
+        return {"enis": enis, "enis6": enis6, "rtbs": rtbs, "eips": eips, "source_dest_check": checks}
 
     def reset_state(self) -> None:
         """Undo what tests did to the topology (VIPs, routes, EIP associations, subnet
-        associations, extra EIPs and route tables), then clear counters and IMDS logs,
+        associations, extra EIPs and route tables, source/destination checks), then clear counters and IMDS logs,
         tokens and overrides.  Only differences cost API calls.
 
         Writes accepted but not landed yet are dropped first; lag, stale reads and
@@ -661,6 +662,9 @@ class Cloud:
             missing = [ip for ip in ips if ip not in now["enis6"].get(eni, ips)]
             if missing:
                 ec2.assign_ipv6_addresses(NetworkInterfaceId=eni, Ipv6Addresses=missing)
+        for eni, check in base["source_dest_check"].items():  # a test may have turned it on
+            if eni in now["source_dest_check"] and now["source_dest_check"][eni] != check:
+                ec2.modify_network_interface_attribute(NetworkInterfaceId=eni, SourceDestCheck={"Value": check})
         # route tables
         for rtb, cur in now["rtbs"].items():
             want = base["rtbs"].get(rtb)

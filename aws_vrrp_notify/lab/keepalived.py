@@ -252,6 +252,11 @@ class Lab:
     them, e.g. the tests' ``routers`` fixture); the lab then leaves them in place on
     close.  Without them the lab builds (and on close removes) its own.
 
+    ``track_tool(script, *args, **keywords)`` adds a ``vrrp_script`` running the tool (for
+    example ``health VI_1``) that VI_1 tracks; ``router_env[name]`` adds variables to one
+    router's keepalived environment (an endpoint through a fault proxy, for example). Both
+    apply to keepalived started afterwards.
+
     ``on_event``: called (from reader threads) with every :class:`Event` and
     :class:`NotifyCall` as it is seen, and with ``("tool", router, line)`` for the
     tool's log lines; used by the demo to print the failover as it happens.
@@ -302,6 +307,8 @@ class Lab:
         self._closed = False
         self._up = False
         self._pid = os.getpid()
+        self.vrrp_scripts: Dict[str, tuple] = {}        # track_tool(): name -> (tool args, keywords)
+        self.router_env: Dict[str, Dict[str, str]] = {}  # router -> variables added to keepalived's environment
 
     # ================================================================== lifecycle
     def __enter__(self) -> "Lab":
@@ -470,6 +477,21 @@ interface = "eth0"
 private-ip = "{VIP}"
 """
 
+    def track_tool(self, script: str, *tool_args: str, **keywords: object) -> None:
+        """Make VI_1 of every keepalived started from now on track ``vrrp_script SCRIPT``, which
+        runs the tool with ``tool_args`` (e.g. "health", "VI_1"); ``keywords`` are the script's
+        keepalived keywords (interval=1, timeout=3, weight=-60, fall=1, rise=1)."""
+        self.vrrp_scripts[script] = (tool_args, keywords)
+
+    def _vrrp_script_lines(self, name: str) -> tuple:
+        """(the vrrp_script blocks, the instance's track_script block) for track_tool()."""
+        blocks, tracked = [], []
+        for script, (args, keywords) in self.vrrp_scripts.items():
+            blocks += [f"vrrp_script {script} {{", f'    script "{" ".join(self.tool_argv(name, *args))}"']
+            blocks += [f"    {k} {v}" for k, v in keywords.items()] + ["}"]
+            tracked.append(f"        {script}")
+        return blocks, (["    track_script {", *tracked, "    }"] if tracked else [])
+
     def tool_argv(self, name: str, *args: str) -> List[str]:
         v = ["-" + "v" * self.tool_verbose] if self.tool_verbose else []
         return [self.tool, *v, "-c", str(self.config_path(name)), "--state-dir", str(self.state_dir(name)),
@@ -498,6 +520,7 @@ private-ip = "{VIP}"
             tool_global = [f"    vrrp_notify_fifo {tool_fifo}", f"    vrrp_notify_fifo_script {command('fifo')}"]
             tool_lines = []
         adv = f"{advert_int:g}"
+        scripts, track = self._vrrp_script_lines(name)
         return "\n".join([
             f"# keepalived configuration of lab router {name} (namespace {r.ns})",
             "global_defs {",
@@ -507,6 +530,7 @@ private-ip = "{VIP}"
             f"    notify_fifo {fifo}",
             *tool_global,
             "}",
+            *scripts,
             f"vrrp_instance {GROUP} {{",
             "    state BACKUP",
             "    interface eth0",
@@ -522,6 +546,7 @@ private-ip = "{VIP}"
             "    virtual_ipaddress {",
             f"        {VIP}/24 dev eth0",
             "    }",
+            *track,
             *tool_lines,
             "}",
             "",
@@ -541,6 +566,7 @@ private-ip = "{VIP}"
             "AWS_VRRP_NOTIFY_CACHE_DIR": str(d / "cache"),  # the lab writes nothing outside its workdir
             "LAB_NOTIFY_LOG": str(d / "notify.log"),
             "LAB_TOOL_LOG": str(d / "tool.log"),
+            **self.router_env.get(name, {}),
         }
 
     # ================================================================== keepalived
