@@ -140,8 +140,12 @@ def _transition(config: Optional[str], state: Optional[str], new_state: str, gro
         if unusable is not None:
             raise unusable
         if new_state != "MASTER":
+            from .state import process_start
+
             previous = (store.read(group.name) or {}).get("state")
-            seq = store.record(group.name, new_state)
+            seq = store.record(group.name, new_state, started=process_start())
+            if seq is None:
+                return _older_event(group.name, new_state)
             log.info("group %s: %s recorded (no AWS write)", group.name, new_state)
             prepare = cfg.aws.prepare and not store.has_cache(f"plan-{group.name}")
             release = new_state == "BACKUP" and previous == "MASTER"
@@ -154,6 +158,12 @@ def _transition(config: Optional[str], state: Optional[str], new_state: str, gro
     except StateError as exc:
         log.error("%s", exc)
         return EXIT_FAILED
+
+
+def _older_event(group: str, state: str) -> int:
+    log.info("group %s: %s ignored: keepalived started a later event's script before this one's "
+             "(the later event was recorded first)", group, state)
+    return EXIT_OK
 
 
 def _reporting_imds(cfg: Optional[Config]):

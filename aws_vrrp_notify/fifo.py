@@ -41,7 +41,8 @@ from .logsetup import log
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
 RECHECK = "MASTER_RX_LOWER_PRI"
 PRIORITY_LINES = ("MASTER_PRIORITY", "BACKUP_PRIORITY")
-SIGTERM_GRACE = 1.0  # seconds
+SIGTERM_GRACE = 0.8  # seconds; keepalived 2.2.7 SIGKILLs its FIFO script about 1 s after SIGTERM
+RECHECK_MIN_INTERVAL = 1.0  # keepalived writes MASTER_RX_LOWER_PRI for every lower-priority advert
 Event = Tuple[str, str, int]  # group, state (or RECHECK), sequence number recorded (0 for RECHECK)
 
 
@@ -180,6 +181,7 @@ class FifoReader:
         self.code = EXIT_OK
         self.source_failed = False
         self.left_master: "set[Tuple[str, int]]" = set()  # BACKUP events that followed a MASTER
+        self.rechecked: Dict[str, float] = {}  # group -> when MASTER_RX_LOWER_PRI last re-checked it
 
     # -- reader thread
 
@@ -279,6 +281,10 @@ class FifoReader:
         if group is None:
             return
         if state == RECHECK:
+            now = time.monotonic()
+            if now - self.rechecked.get(name, float("-inf")) < RECHECK_MIN_INTERVAL:
+                return
+            self.rechecked[name] = now
             reassert_groups(cfg, [group], self.store, self.warm, take_over=True)
             return
         if not self.store.is_current(name, seq):

@@ -27,7 +27,7 @@ import _thread
 import time
 TYPE_CHECKING = False  # typing costs ~5 ms of a keepalived BACKUP: annotations only
 if TYPE_CHECKING:
-    from typing import Any, Dict, Optional, Tuple
+    from typing import Any, Dict, List, Optional, Tuple
 
 from .logsetup import log
 from .trust import file_kind, ownership_problem
@@ -258,6 +258,32 @@ class GroupLock:
         os.close(self.fd)
 
 
+# ---------------------------------------------------------------- event order
+
+
+def process_start() -> Optional[List[Any]]:
+    """[boot id, start time in clock ticks since boot] of this process (None if unknown).
+
+    keepalived forks its notify scripts in the order of its events; the kernel's start
+    time keeps that order even when a script is slow to get going (a loaded machine)."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            data = fh.read()
+        ticks = int(data[data.rindex(b")") + 2:].split()[19])  # field 22, starttime
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return [fh.read().strip(), ticks]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def started_before(ours: Optional[List[Any]], recorded: Any) -> bool:
+    """True when our process started strictly before the one that recorded ``recorded``
+    (same boot only; a tie, or anything unknown, keeps the order of arrival)."""
+    if not ours or not isinstance(recorded, list) or len(recorded) != 2:
+        return False
+    return recorded[0] == ours[0] and isinstance(recorded[1], int) and recorded[1] > ours[1]
+
+
 # ---------------------------------------------------------------- the store
 
 
@@ -355,8 +381,13 @@ class StateStore:
             log.warning("state record %s is corrupt (%s); ignored", self._record_path(group), exc)
             return None
 
-    def record(self, group: str, state: str) -> int:
-        """Record a transition as the group's latest event; returns its sequence number."""
+    def record(self, group: str, state: str, started: Optional[List[Any]] = None) -> Optional[int]:
+        """Record a transition as the group's latest event; returns its sequence number.
+
+        ``started`` (process_start()): when the recording process was started. keepalived
+        starts its notify scripts in the order of its events, but a script that starts
+        slowly can reach this point after the next one: an event whose process started
+        before the recorded event's is older and is not recorded (None is returned)."""
         fd = self._groups_fd(create=True)
         assert fd is not None
         with GroupLock(fd, f"{group}.lock", os.path.join(self.groups_dir, f"{group}.lock")):
@@ -365,11 +396,14 @@ class StateStore:
             except CorruptRecord as exc:
                 log.warning("state record %s is corrupt (%s); replaced", self._record_path(group), exc)
                 previous = {}
+            if started_before(started, previous.get("started")):
+                return None
             seq = previous.get("seq", 0) + 1
-            self._write(fd, group, {
-                "group": group, "state": state, "seq": seq, "time": time.time(),
-                "pid": os.getpid(), "outcome": "in-progress" if state == "MASTER" else "recorded",
-            })
+            record = {"group": group, "state": state, "seq": seq, "time": time.time(),
+                      "pid": os.getpid(), "outcome": "in-progress" if state == "MASTER" else "recorded"}
+            if started:
+                record["started"] = started
+            self._write(fd, group, record)
             return seq
 
     def _write(self, fd: int, group: str, record: Dict[str, Any]) -> None:

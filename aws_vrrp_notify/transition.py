@@ -384,7 +384,13 @@ def twin_eni(enis: Dict[str, dict], owner: Optional[str], our_eni: Optional[str]
 
 
 def run_master(config: Config, group: Group, store: StateStore) -> int:
-    seq = store.record(group.name, "MASTER")
+    from .state import process_start
+
+    seq = store.record(group.name, "MASTER", started=process_start())
+    if seq is None:
+        log.info("group %s: MASTER ignored: keepalived started a later event's script before this one's "
+                 "(the later event was recorded first); no AWS write", group.name)
+        return EXIT_OK
     _record_interruption(store, group.name, seq)
     return run_master_seq(config, group, store, seq)
 

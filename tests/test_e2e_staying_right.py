@@ -216,12 +216,7 @@ def test_master_rx_lower_pri_rechecks_at_once(routers, tmp_path):
         assert took < SLACK
 
 
-OUT_OF_ORDER = ("per-event commands are ordered by when they record their state, not by keepalived's "
-                "order: a `master` slower to start than the `backup` that follows it is applied last")
-
-
-@pytest.mark.parametrize("mode", [pytest.param("notify", marks=pytest.mark.xfail(strict=True, reason=OUT_OF_ORDER)),
-                                  "fifo"])
+@pytest.mark.parametrize("mode", ["notify", "fifo"])
 def test_flap_shorter_than_the_tools_start_up_ends_on_the_master(routers, tmp_path, mode):
     """A loaded machine: r2 is MASTER for a tenth of a second.  Per-event mode: keepalived
     runs `master` then `backup`, but `master` starts slower (the wrapper delays its exec by

@@ -338,3 +338,22 @@ def test_role_arn_and_profile(routers, run_tool):
                 env={"AWS_CONFIG_FILE": str(shared), "AWS_ENDPOINT_URL_STS": r1.moto_url}))
     assert aws.count_actions()["AssumeRole"] >= 1, [(c.action, c.params.get("RoleArn")) for c in aws.calls()]
     assert aws.who_holds(VIP) == [r1.eni("eth0")]
+
+
+def test_an_event_whose_process_started_earlier_is_not_recorded_after_a_later_one(tmp_path):
+    """keepalived forks notify scripts in event order; a slow `master` that reaches the
+    state directory after the `backup` that followed it must not be applied."""
+    from aws_vrrp_notify.state import StateStore, process_start
+
+    me = process_start()
+    assert me and len(me[0]) >= 32 and isinstance(me[1], int)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    store = StateStore(str(state)).open(create=True)
+    assert store.record("VI_1", "BACKUP", started=[me[0], me[1] + 5]) == 1
+    assert store.record("VI_1", "MASTER", started=me) is None  # older: ignored
+    assert store.read("VI_1")["state"] == "BACKUP"
+    assert store.record("VI_1", "MASTER", started=[me[0], me[1] + 5]) == 2  # a tie: order of arrival
+    assert store.record("VI_1", "BACKUP", started=["another boot", 0]) == 3
+    assert store.record("VI_1", "FAULT") == 4  # fifo mode records without a start time
+    store.close()
