@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .actions import Action
+from .actions import Action, points_to
 from .config import Config, escape_controls
 from .deadline import Deadline
 from .ec2 import AwsError, Ec2
@@ -135,7 +135,7 @@ def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline
         else:
             seen = found.observation
             entry.in_sync, entry.reason, entry.details = seen.in_sync, seen.reason, seen.details
-            entry.points_here = seen.in_sync or found.target["eni"] in seen.also
+            entry.points_here = points_to(seen, found.target["eni"])
     return reports
 
 

@@ -42,14 +42,20 @@ class ResolveError(Exception):
 LocalEni = namedtuple("LocalEni", "interface vrf mac eni_id vpc_id subnet_id")
 # holder: the ENI AWS points to now (None: nothing, or not an ENI). An action with several
 # AWS targets (change-route on every tagged route table) names the holder of its first
-# target, which decides a split brain, and lists the other ENIs it points to in ``also``;
-# ``details``: JSON-ready facts per target for status and check (None: nothing to add).
-Observation = namedtuple("Observation", "in_sync holder reason also details", defaults=("", (), None))
+# target, which decides a split brain, and lists every ENI its targets point to in
+# ``holders`` (empty for an action with one target); ``details``: JSON-ready facts per
+# target for status and check (None: nothing to add).
+Observation = namedtuple("Observation", "in_sync holder reason holders details", defaults=("", (), None))
 
 
 def held_by(observation: Observation) -> Tuple[str, ...]:
     """Every ENI the observed action points to, its holder first."""
-    return tuple(e for e in (observation.holder, *observation.also) if e)
+    return tuple(dict.fromkeys(e for e in (observation.holder, *observation.holders) if e))
+
+
+def points_to(observation: Observation, eni: str) -> bool:
+    """In sync, or some of the action's several targets point to ``eni``."""
+    return bool(observation.in_sync) or eni in observation.holders
 
 
 Target = dict  # what resolve() found: eni id plus type-specific AWS ids (Dict[str, Any])

@@ -185,12 +185,12 @@ class ChangeRoute(Action):
         details = {"route-tables": [dict({"route-table": rtb, "in-sync": o.in_sync},
                                          **({} if o.in_sync else {"reason": o.reason})) for rtb, o in seen]}
         first = seen[0][1].holder
-        also = tuple(sorted({o.holder for _, o in seen[1:] if o.holder and o.holder != first}))
+        holders = tuple(sorted({o.holder for _, o in seen if o.holder}))
         drifted = [o.reason for _, o in seen if not o.in_sync]
         if not drifted:
-            return Observation(True, first, "", also, details)
+            return Observation(True, first, "", holders, details)
         reason = f"{len(drifted)} of {len(seen)} route tables tagged {self.route_table_tag}: " + "; ".join(drifted)
-        return Observation(False, first, reason, also, details)
+        return Observation(False, first, reason, holders, details)
 
     def _observe_table(self, snap: Snapshot, rtb: str, eni: str) -> Observation:
         table = snap.route_table(rtb)
