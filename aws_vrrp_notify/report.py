@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .actions import Action
+from .actions import Action, points_to
 from .config import Config, escape_controls
 from .deadline import Deadline
 from .ec2 import AwsError, Ec2
@@ -41,12 +41,15 @@ class ActionReport:
     in_sync: Optional[bool]  # None: could not tell
     reason: str = ""
     target: Optional[Dict[str, Any]] = None
+    points_here: bool = False  # in sync, or some of its several AWS targets point here
+    details: Optional[Dict[str, Any]] = None  # per-target facts of the observation (JSON)
 
     def to_dict(self) -> Dict[str, Any]:
         out = self.action.to_dict()
         out["in-sync"] = bool(self.in_sync)
         if not self.in_sync:
             out["reason"] = self.reason
+        out.update(self.details or {})
         return out
 
 
@@ -76,8 +79,8 @@ class GroupReport:
             if self.converging:
                 return WARNING, f"MASTER but {count} ({CONVERGING}): {reasons}"
             return CRITICAL, f"MASTER but {count}: {reasons}"
-        if synced:
-            held = "; ".join(a.action.describe() for a in self.actions if a.in_sync)
+        if any(a.points_here for a in self.actions):
+            held = "; ".join(a.action.describe() for a in self.actions if a.points_here)
             if self.converging:
                 return WARNING, f"{self.state} but AWS still points here ({CONVERGING}): {held}"
             return WARNING, f"{self.state} but AWS still points here: {held}"
@@ -132,7 +135,9 @@ def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline
         if found.error:
             entry.in_sync, entry.reason = False, found.error
         else:
-            entry.in_sync, entry.reason = found.observation.in_sync, found.observation.reason
+            seen = found.observation
+            entry.in_sync, entry.reason, entry.details = seen.in_sync, seen.reason, seen.details
+            entry.points_here = points_to(seen, found.target["eni"])
     return reports
 
 

@@ -117,6 +117,35 @@ def subnet_ref(value: Any) -> str:
         raise ValueError(f"{exc}; expected a subnet id (subnet-...) or an IPv4 CIDR") from None
 
 
+prefix_list_id = _aws_id("pl")
+
+
+def route_destination(value: Any) -> str:
+    """A route's destination: an IPv4 or IPv6 prefix, or a managed prefix list id (pl-...)."""
+    text = _string(value)
+    if text.lower().startswith("pl-"):
+        try:
+            return prefix_list_id(text)
+        except ValueError:
+            raise ValueError(f"{_describe(text)} is not a prefix list id (pl-0123456789abcdef0)") from None
+    return ip_prefix(text)
+
+
+TAG_KEY_MAX, TAG_VALUE_MAX = 128, 256  # EC2's limits for a tag's key and value
+
+
+def tag_pair(value: Any) -> str:
+    """A resource tag as ``Key=Value`` (split at the first "="; the value may be empty)."""
+    text = _string(value)
+    key, equals, tag_value = text.partition("=")
+    if not equals or not key:
+        raise ValueError(f"{_describe(text)} is not a tag as Key=Value (e.g. ha-group=VI_1)")
+    if len(key) > TAG_KEY_MAX or len(tag_value) > TAG_VALUE_MAX:
+        raise ValueError(f"{_describe(text)} is too long for a tag (key at most {TAG_KEY_MAX} characters, "
+                         f"value at most {TAG_VALUE_MAX})")
+    return text
+
+
 _IFNAME_MAX = 15  # IFNAMSIZ - 1
 
 

@@ -34,7 +34,7 @@ from collections import namedtuple
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import EXIT_FAILED, EXIT_OK
-from .actions import Observation, ResolveError
+from .actions import Observation, ResolveError, held_by
 from .config import Config, Group
 from .deadline import Deadline, DeadlineExceeded
 from .ec2 import AwsError, Ec2, Superseded, fetch_snapshot
@@ -88,6 +88,7 @@ class WriteLedger:
         self.written_at: Dict[int, float] = {}
         self.seen_at: Dict[int, float] = {}
         self.disagreeing: Dict[int, int] = {}
+        self.retargeted: set = set()  # resolved again to a target we have not written yet
         self.longest_lag = 0.0
         self._lock = threading.Lock()
 
@@ -96,9 +97,18 @@ class WriteLedger:
             self.written_at[index] = time.monotonic()
             self.seen_at.pop(index, None)
             self.disagreeing.pop(index, None)
+            self.retargeted.discard(index)
+
+    def retarget(self, index: int) -> None:
+        """The action now resolves to another target (a route table joined the tag, a subnet
+        changed tables): what its new target shows is no evidence until we wrote it."""
+        with self._lock:
+            self.retargeted.add(index)
 
     def judge(self, index: int, observation: Observation, read_start: float, ours: Sequence[str]) -> str:
         written = self.written_at.get(index)
+        if not observation.in_sync and written is not None and index in self.retargeted:
+            return DRIFTED
         if observation.in_sync:
             self.disagreeing.pop(index, None)
             if written is not None and index not in self.seen_at and read_start >= written:
@@ -244,6 +254,7 @@ class MasterRun:
                 log.info("group %s: %s now resolves to %s (was %s)", self.group.name,
                          self.plan.actions[i].describe(), found.target, self.plan.targets[i])
                 self.plan.targets[i] = found.target
+                self.ledger.retarget(i)
                 drop_cached_targets(self.store, self.group.name)
             observations[i] = found.observation
         self._last = observations
@@ -331,10 +342,11 @@ class MasterRun:
         owner = _instance_of(enis, observations[self.anchor].holder)
         ours = set(self.plan.eni_ids())
         for i, observation in observations.items():
-            if observation.holder not in ours:
+            mine = held_here(observation, ours)
+            if mine is None:
                 continue
             action = self.plan.actions[i]
-            twin = twin_eni(enis, owner, observation.holder)
+            twin = twin_eni(enis, owner, mine)
             if twin is None:
                 log.error("group %s: %s still points here but the owner %s has no ENI at the same device "
                           "index; left as is (check reports it)", self.group.name, action.describe(), owner)
@@ -368,6 +380,12 @@ def dependency_order(actions: Sequence, indexes: Sequence[int]) -> List[int]:
         ordered.extend(ready)
         remaining = [i for i in remaining if i not in ready]
     return ordered
+
+
+def held_here(observation: Observation, ours) -> Optional[str]:
+    """The first of our ENIs the observed action points to (an action with several targets
+    may point here with some of them only), or None."""
+    return next((e for e in held_by(observation) if e in ours), None)
 
 
 def _instance_of(enis: Dict[str, dict], eni_id: Optional[str]) -> Optional[str]:
@@ -623,7 +641,7 @@ def release_group(config: Config, group: Group, store: StateStore, seq: int) -> 
         return
     _, observations = run.observe(extra_kinds=("enis",))
     ours = set(run.plan.eni_ids())
-    here = {i: o for i, o in observations.items() if o.holder in ours}
+    here = {i: held_here(o, ours) for i, o in observations.items() if held_here(o, ours)}
     if not here:
         return
     enis = run.snapshot.enis
@@ -634,7 +652,7 @@ def release_group(config: Config, group: Group, store: StateStore, seq: int) -> 
         return
     for i in sorted(here):
         action = run.plan.actions[i]
-        twin = twin_eni(enis, peer, here[i].holder)
+        twin = twin_eni(enis, peer, here[i])
         if twin is None:
             continue
         log.warning("group %s: BACKUP but %s still points here: handing it to %s of %s (the VRRP master)",

@@ -33,6 +33,7 @@ Fixtures
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -121,20 +122,28 @@ class Routers:
         return next(r for r in self if r.name != router.name)
 
 
-@pytest.fixture(scope="session")
-def _lab_net(cloud):
+@contextlib.contextmanager
+def router_namespaces(build):
+    """``build(nets)`` (e.g. the lab's build_routers) in fresh namespaces, removed on exit;
+    skips the test when namespaces cannot be made here. Yields (nets, what build returned)."""
     from aws_vrrp_notify.lab import netns
-    from aws_vrrp_notify.lab.routers import build_routers
 
     ok, why = netns.available()
     if not ok:
         pytest.skip(f"router namespaces unavailable: {why}")
     nets = netns.Netns()
     try:
-        routers = build_routers(cloud, nets)
-        yield Routers(cloud, routers, nets)
+        yield nets, build(nets)
     finally:
         nets.cleanup()
+
+
+@pytest.fixture(scope="session")
+def _lab_net(cloud):
+    from aws_vrrp_notify.lab.routers import build_routers
+
+    with router_namespaces(lambda nets: build_routers(cloud, nets)) as (nets, routers):
+        yield Routers(cloud, routers, nets)
 
 
 @pytest.fixture

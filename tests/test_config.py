@@ -85,6 +85,20 @@ def test_prefix_is_normalised(tmp_path):
     assert cfg.groups["A"].actions[0].destination == "2001:db8::/32"
 
 
+def test_prefix_list_destination_and_route_table_tag(tmp_path):
+    cfg = load(write(tmp_path, '[groups.A]\n[[groups.A.change-route]]\nroute-table-tag = "ha group=VI 1=x"\n'
+                               'destination = "pl-0123456789abcdef0"\ninterface = "eth0"\n'
+                               '[[groups.A.change-route]]\nroute-table-tag = "ha-group="\n'
+                               'destination = "0.0.0.0/0"\ninterface = "eth0"\n'))
+    tagged, empty_value = cfg.groups["A"].actions
+    assert tagged.route_table_tag == "ha group=VI 1=x" and tagged.destination_key == "DestinationPrefixListId"
+    assert not tagged.ipv6 and tagged.subnet is None and tagged.route_table is None
+    assert tagged.describe() == "change-route tag:ha group=VI 1=x pl-0123456789abcdef0 interface eth0 vrf main"
+    assert tagged.to_dict() == {"type": "change-route", "route-table-tag": "ha group=VI 1=x",
+                                "destination": "pl-0123456789abcdef0", "interface": "eth0", "vrf": "main"}
+    assert empty_value.route_table_tag == "ha-group=" and empty_value.destination_key == "DestinationCidrBlock"
+
+
 @pytest.mark.parametrize("name", CORPUS)
 def test_bad_config_corpus(name):
     expected = (BAD / f"{name}.expected").read_text().splitlines()
@@ -131,11 +145,11 @@ def test_group_writable_file_is_refused(tmp_path):
 
 
 toml_scalars = st.one_of(st.text(max_size=20), st.integers(), st.floats(allow_nan=False), st.booleans())
-keys = st.sampled_from(["ip", "interface", "vrf", "subnet", "route-table", "destination", "allocation-id",
-                        "public-ip", "private-ip", "deadline", "region", "x"])
+keys = st.sampled_from(["ip", "interface", "vrf", "subnet", "route-table", "route-table-tag", "destination",
+                        "allocation-id", "public-ip", "private-ip", "deadline", "region", "x"])
 action_tables = st.dictionaries(keys, st.one_of(toml_scalars, st.sampled_from(
     ["10.0.1.5", "eth0", "main", "10.0.2.0/24", "0.0.0.0/0", "::/0", "rtb-0123456789abcdef0",
-     "eipalloc-0123456789abcdef0", "subnet-0123456789abcdef0"])), max_size=6)
+     "eipalloc-0123456789abcdef0", "subnet-0123456789abcdef0", "pl-0123456789abcdef0", "k=v"])), max_size=6)
 documents = st.fixed_dictionaries({}, optional={
     "aws": st.dictionaries(keys, toml_scalars, max_size=3),
     "groups": st.dictionaries(st.text(min_size=1, max_size=12), st.dictionaries(

@@ -104,6 +104,34 @@ def test_dryrun_on_route_calls_raises_and_changes_nothing(aws):
     assert aws.route_target(rtb, "0::0/0") == e2  # any spelling of the prefix
 
 
+def test_prefix_list_route_to_an_eni_keeps_its_destination(aws, lag):
+    """getmoto/moto#8394: CreateRoute with DestinationPrefixListId and an ENI target lost the
+    prefix list, so the route could not be described, replaced or deleted."""
+    t = aws.topology
+    pl, ec2 = t.prefix_list, aws.ec2
+    e1, e2 = t.instances["r1"].eni(1), t.instances["r2"].eni(1)
+    lan, wan = t.route_tables["lan"], t.route_tables["wan"]
+    for rtb in (lan, wan):  # two at once: moto also filed both under one key ("<rtb>~None")
+        ec2.create_route(RouteTableId=rtb, DestinationPrefixListId=pl, NetworkInterfaceId=e1)
+    assert aws.route(lan, pl) == {"DestinationPrefixListId": pl, "NetworkInterfaceId": e1,
+                                  "Origin": "CreateRoute", "State": "active"}
+    ec2.replace_route(RouteTableId=lan, DestinationPrefixListId=pl, NetworkInterfaceId=e2)
+    assert (aws.route_target(lan, pl), aws.route_target(wan, pl)) == (e2, e1)
+    with pytest.raises(ClientError) as ei:
+        ec2.create_route(RouteTableId=lan, DestinationPrefixListId="pl-0123456789abcdef0", NetworkInterfaceId=e1)
+    assert code_of(ei) == "InvalidPrefixListID.NotFound"
+    tool = aws.client(tool=True)  # a lagged write is refused at once too
+    lag(1.0)
+    with pytest.raises(ClientError) as ei:
+        tool.replace_route(RouteTableId=lan, DestinationPrefixListId="pl-0123456789abcdef0", NetworkInterfaceId=e1)
+    assert code_of(ei) == "InvalidPrefixListID.NotFound"
+    aws.clear_lag()
+    ec2.delete_route(RouteTableId=wan, DestinationPrefixListId=pl)
+    assert aws.route(wan, pl) is None and aws.route_target(lan, pl) == e2
+    aws.reset_state()
+    assert aws.route(lan, pl) is None
+
+
 def test_associate_address_honours_private_ip(aws):
     t = aws.topology
     e1, e2 = t.instances["r1"].eni(0), t.instances["r2"].eni(0)
@@ -150,7 +178,7 @@ def test_eni_filters(aws):
     assert ids("addresses.private-ip-address", VIP) == [e1]
     assert ids("private-ip-address", "10.0.1.11") == [e1]
     assert ids("private-ip-address", "10.0.9.9") == []
-    assert ids("attachment.device-index", "2") == sorted(i.eni(2) for i in t.instances.values())
+    assert ids("attachment.device-index", "2") == sorted(i.eni(2) for i in t.instances.values() if 2 in i.enis)
     assert ids("association.public-ip", t.eip_public_ip) == [e1]
     assert ids("association.allocation-id", t.eip_alloc) == [e1]
     assert ids("mac-address", t.instances["r2"].mac(1)) == [t.instances["r2"].eni(1)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .assign_private_ip import AssignPrivateIp
 from .associate_address import AssociateAddress
-from .base import Action, LocalEni, Observation, ResolveError, Target, reads_for
+from .base import Action, LocalEni, Observation, ResolveError, Target, held_by, points_to, reads_for
 from .change_route import ChangeRoute
 
 ACTION_TYPES = {cls.TYPE: cls for cls in (AssignPrivateIp, ChangeRoute, AssociateAddress)}
@@ -22,4 +22,5 @@ def operations() -> tuple:
 
 
 __all__ = ["ACTION_TYPES", "Action", "AssignPrivateIp", "AssociateAddress", "ChangeRoute", "LocalEni",
-           "Observation", "ResolveError", "STALE_CODES", "Target", "operations", "reads_for"]
+           "Observation", "ResolveError", "STALE_CODES", "Target", "held_by", "operations",
+           "points_to", "reads_for"]

@@ -40,8 +40,22 @@ class ResolveError(Exception):
 
 # The ENI behind a local interface, found through its MAC.
 LocalEni = namedtuple("LocalEni", "interface vrf mac eni_id vpc_id subnet_id")
-# holder: the ENI AWS points to now (None: nothing, or not an ENI).
-Observation = namedtuple("Observation", "in_sync holder reason", defaults=("",))
+# holder: the ENI AWS points to now (None: nothing, or not an ENI). An action with several
+# AWS targets (change-route on every tagged route table) names the holder of its first
+# target, which decides a split brain, and lists every ENI its targets point to in
+# ``holders`` (empty for an action with one target); ``details``: JSON-ready facts per
+# target for status and check (None: nothing to add).
+Observation = namedtuple("Observation", "in_sync holder reason holders details", defaults=("", (), None))
+
+
+def held_by(observation: Observation) -> Tuple[str, ...]:
+    """Every ENI the observed action points to, its holder first."""
+    return tuple(dict.fromkeys(e for e in (observation.holder, *observation.holders) if e))
+
+
+def points_to(observation: Observation, eni: str) -> bool:
+    """In sync, or some of the action's several targets point to ``eni``."""
+    return bool(observation.in_sync) or eni in observation.holders
 
 
 Target = dict  # what resolve() found: eni id plus type-specific AWS ids (Dict[str, Any])
@@ -132,14 +146,19 @@ class Action(Frozen):
         raise NotImplementedError
 
 
-def exactly_one(values: Dict[str, Any], where: str, problems: List[str], first: str, second: str,
-                 first_text: str = "") -> None:
-    """Exactly one of two keys (a key that was given but invalid counts as given)."""
-    a, b = values[first.replace("-", "_")], values[second.replace("-", "_")]
-    if a and b:
-        problems.append(f"{where}: give either '{first}' or '{second}', not both")
-    elif not a and not b and not any(p.startswith((f"{where}.{first}", f"{where}.{second}")) for p in problems):
-        problems.append(f"{where}: missing {first_text or repr(first)} or '{second}'")
+def exactly_one(values: Dict[str, Any], where: str, problems: List[str], *keys: str,
+                first_text: str = "") -> None:
+    """Exactly one of ``keys`` (a key that was given but invalid counts as given)."""
+    given = [k for k in keys if values[k.replace("-", "_")]]
+    quoted = [first_text or repr(keys[0])] + [repr(k) for k in keys[1:]]
+    if len(given) > 1:
+        if len(keys) == 2:
+            problems.append(f"{where}: give either '{keys[0]}' or '{keys[1]}', not both")
+        else:
+            problems.append(f"{where}: give only one of {', '.join(map(repr, keys[:-1]))} or {keys[-1]!r}, "
+                            f"not {' and '.join(map(repr, given))}")
+    elif not given and not any(p.startswith(tuple(f"{where}.{k}" for k in keys)) for p in problems):
+        problems.append(f"{where}: missing {', '.join(quoted[:-1])} or {quoted[-1]}")
 
 
 INTERFACE = Field("interface", interface_name, required=True)

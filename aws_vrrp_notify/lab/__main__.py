@@ -13,6 +13,9 @@ up    the same lab, left running until Ctrl-C, for poking at it by hand.
 
 --mode fifo has keepalived run one long-lived `aws-vrrp-notify fifo` per router (its
 vrrp_notify_fifo_script) instead of a command per event (notify_master/backup/...).
+--multi-az runs the pair across two Availability Zones instead (aws_vrrp_notify.lab.multi_az):
+routers ra and rb in two subnets, keepalived unicast across them, and an overlay IP (a /32
+outside the VPC) routed to the master in the route table of every client subnet.
 
 --lag PROFILE_OR_SECONDS makes the simulated EC2 eventually consistent: the tool's
 writes are answered at once and show in describe calls and the metadata service only
@@ -32,6 +35,7 @@ from typing import Dict, Optional
 
 from .consistency import PROFILES, describe_lag, parse_lag
 from .keepalived import GROUP, MODES, STATES, VIP, Event, Lab, LabError, NotifyCall, available
+from .multi_az import OVERLAY_VIP, PAIR, MultiAzLab, zone_of
 
 ACTION_TEXT = {
     "assign-private-ip": f"VIP {VIP} on {{r}} eth0",
@@ -39,6 +43,8 @@ ACTION_TEXT = {
     "change-route lan ::/0": "lan ::/0 -> {r} eth0",
     "associate-address": "Elastic IP -> {r} " + VIP,
 }
+MULTI_AZ_TEXT = {f"change-route {key} {OVERLAY_VIP}/32": f"{key} {OVERLAY_VIP}/32 -> {{r}} eth0"
+                 for key in ("client-a", "client-b")}
 
 
 class Printer:
@@ -90,9 +96,9 @@ class Printer:
 class AwsWatcher(threading.Thread):
     """Polls moto every 10 ms and prints every action that changes router."""
 
-    def __init__(self, lab: Lab, p: Printer):
+    def __init__(self, lab: Lab, p: Printer, texts: Dict[str, str]):
         super().__init__(name="aws-watch", daemon=True)
-        self.lab, self.p = lab, p
+        self.lab, self.p, self.texts = lab, p, texts
         self.halt = threading.Event()
         self.last: Dict[str, Optional[str]] = {}
 
@@ -106,12 +112,12 @@ class AwsWatcher(threading.Thread):
             changed = [k for k, v in view.items() if self.last.get(k, "?") != v]
             for k in changed:
                 who = view[k]
-                text = ACTION_TEXT[k].format(r=who) if who else f"{k}: nobody"
+                text = self.texts[k].format(r=who) if who else f"{k}: nobody"
                 self.p.at(now, f"AWS: {text}", 1)
             if changed:
                 targets = set(view.values())
                 if len(targets) == 1 and None not in targets:
-                    self.p.at(now, f"AWS: all 4 actions point to {targets.pop()}", 1)
+                    self.p.at(now, f"AWS: all {len(view)} actions point to {targets.pop()}", 1)
             self.last = view
 
     def stop(self) -> None:
@@ -155,28 +161,47 @@ def build(lab: Lab, p: Printer, lag: Dict[str, float]) -> None:
     lab.up()
     lab.cloud.set_lag(lag)
     t = lab.cloud.topology
-    p.at(None, f"region {t.region}: {t.vpc} 10.0.0.0/16, subnets lan {t.subnet_cidrs['lan']} "
-               f"({t.route_tables['lan']}), wan {t.subnet_cidrs['wan']} ({t.route_tables['wan']})")
-    for name, r in lab.routers.items():
-        p.at(None, f"{name}: {r.instance_id} in namespace {r.ns}: eth0 {r.addrs['eth0']} ({r.eni('eth0')}), "
-                   f"eth1 {r.addrs['eth1']} ({r.eni('eth1')})", 1)
-    p.at(None, f"Elastic IP {t.eip_public_ip} ({t.eip_alloc}) - a fake address, never contacted", 1)
+    if isinstance(lab, MultiAzLab):
+        _describe_multi_az(lab, p)
+    else:
+        p.at(None, f"region {t.region}: {t.vpc} 10.0.0.0/16, subnets lan {t.subnet_cidrs['lan']} "
+                   f"({t.route_tables['lan']}), wan {t.subnet_cidrs['wan']} ({t.route_tables['wan']})")
+        for name, r in lab.routers.items():
+            p.at(None, f"{name}: {r.instance_id} in namespace {r.ns}: eth0 {r.addrs['eth0']} ({r.eni('eth0')}), "
+                       f"eth1 {r.addrs['eth1']} ({r.eni('eth1')})", 1)
+        p.at(None, f"Elastic IP {t.eip_public_ip} ({t.eip_alloc}) - a fake address, never contacted", 1)
     p.at(None, "inside each router namespace: its own IMDS at 169.254.169.254:80, the EC2 API on "
                "127.0.0.1 (AWS_ENDPOINT_URL_EC2)", 1)
     p.at(None, f"EC2 consistency lag (a write shows in describe calls and IMDS this much later): "
                f"{describe_lag(lag)}", 1)
-    p.at(None, f"tool configuration (0600): {lab.config_path('r1')} (same on r2):")
+    first, second = lab.routers
+    p.at(None, f"tool configuration (0600): {lab.config_path(first)} (same on {second}):")
     p.plain("          | " + "\n          | ".join(
-        line for line in lab.tool_config("r1").splitlines() if line and not line.startswith("#")))
+        line for line in lab.tool_config(first).splitlines() if line and not line.startswith("#")))
+
+
+def _describe_multi_az(lab: Lab, p: Printer) -> None:
+    t = lab.cloud.topology
+    p.at(None, f"region {t.region}: {t.vpc} 10.0.0.0/16; overlay IP {OVERLAY_VIP} (outside the VPC's CIDR)")
+    for name, r in lab.routers.items():
+        subnet = PAIR[name]
+        p.at(None, f"{name}: {r.instance_id} in {zone_of(lab.cloud, name)}, subnet {subnet} "
+                   f"{t.subnet_cidrs[subnet]}, namespace {r.ns}: eth0 {r.addrs['eth0']} ({r.eni('eth0')})", 1)
+    for key in ("client-a", "client-b"):
+        p.at(None, f"client subnet {key} {t.subnet_cidrs[key]}: route table {t.route_tables[key]}, "
+                   f"tagged {t.route_table_tag}", 1)
 
 
 def start_pair(lab: Lab, p: Printer, args) -> None:
-    proto = f"VRRPv{args.vrrp_version} advert_int {args.advert_int:g}s, unicast 10.0.1.11 <-> 10.0.1.12"
-    p.at(None, f"starting keepalived in r1 (priority 150) and r2 (priority 100): {proto}")
-    for name in ("r1", "r2"):
+    first, second = lab.routers
+    addrs = " <-> ".join(r.addrs["eth0"] for r in lab.routers.values())
+    proto = f"VRRPv{args.vrrp_version} advert_int {args.advert_int:g}s, unicast {addrs}"
+    p.at(None, f"starting keepalived in {first} (priority {lab.PRIORITIES[first]}) and {second} "
+               f"(priority {lab.PRIORITIES[second]}): {proto}")
+    for name in (first, second):
         lab.start_router(name, version=args.vrrp_version, advert_int=args.advert_int)
-    p.at(None, f"keepalived.conf of r1: {lab.current('r1').conf}; how it runs the tool:", 1)
-    for line in lab.current("r1").conf.read_text().splitlines():
+    p.at(None, f"keepalived.conf of {first}: {lab.current(first).conf}; how it runs the tool:", 1)
+    for line in lab.current(first).conf.read_text().splitlines():
         if line.strip().startswith(("notify_master", "vrrp_notify_fifo")):
             p.plain("          | " + line.strip())
 
@@ -213,9 +238,9 @@ def demo(args) -> int:
     watcher = None
     ok = True
     try:
-        lab = Lab(on_event=p, mode=args.mode)
+        lab = (MultiAzLab if args.multi_az else Lab)(on_event=p, mode=args.mode)
         build(lab, p, args.lag)
-        watcher = AwsWatcher(lab, p)
+        watcher = AwsWatcher(lab, p, MULTI_AZ_TEXT if args.multi_az else ACTION_TEXT)
         watcher.start()
         start_pair(lab, p, args)
         master = lab.wait_settled(timeout=30)
@@ -223,11 +248,12 @@ def demo(args) -> int:
 
         p.plain("\n== aws-vrrp-notify status, run inside each router namespace ==")
         p.quiet_tools = True
-        _show_status(lab, p, "r1")
-        _show_status(lab, p, "r2", "ha-notification")
+        first, second = lab.routers
+        _show_status(lab, p, first)
+        _show_status(lab, p, second, "ha-notification")
         p.quiet_tools = False
 
-        backup = "r2" if master == "r1" else "r1"
+        backup = second if master == first else first
         p.plain(f"\n== crash: SIGKILL {master}'s keepalived (parent and VRRP child) ==")
         time.sleep(0.3)
         t_fault = lab.kill(master)
@@ -242,7 +268,8 @@ def demo(args) -> int:
         if seen:
             detect = seen[0].time - t_fault
             p.at(None, f"keepalived on {backup} needed {detect:.3f} s to declare the master dead "
-                       f"(3 x advert_int + skew), aws-vrrp-notify {took - detect:.3f} s to move the 4 actions", 1)
+                       f"(3 x advert_int + skew), aws-vrrp-notify {took - detect:.3f} s to move the "
+                       f"{len(lab.aws_view())} actions", 1)
         if calls:
             p.at(None, f"notify_master started {calls[0].start - t_fault:.3f} s after the crash", 1)
         lab.wait_settled(timeout=30)
@@ -307,7 +334,7 @@ def up(args) -> int:
     p = Printer()
     lab = None
     try:
-        lab = Lab(on_event=p, mode=args.mode)
+        lab = (MultiAzLab if args.multi_az else Lab)(on_event=p, mode=args.mode)
         build(lab, p, args.lag)
         start_pair(lab, p, args)
         master = lab.wait_settled(timeout=30)
@@ -318,8 +345,8 @@ def up(args) -> int:
             p.plain(f"  env AWS_ENDPOINT_URL_EC2={r.moto_url} AWS_ACCESS_KEY_ID=testing "
                     f"AWS_SECRET_ACCESS_KEY=testing ip netns exec {r.ns} "
                     f"{' '.join(lab.tool_argv(name, 'status'))}")
-        p.plain(f"  keepalived PIDs: r1 {lab.current('r1').proc.pid}, r2 {lab.current('r2').proc.pid}; "
-                f"configurations and logs in {lab.workdir}")
+        pids = ", ".join(f"{n} {lab.current(n).proc.pid}" for n in lab.routers)
+        p.plain(f"  keepalived PIDs: {pids}; configurations and logs in {lab.workdir}")
         signal.pause() if hasattr(signal, "pause") else threading.Event().wait()
     except (KeyboardInterrupt, SystemExit):
         _forked_exit()
@@ -360,6 +387,9 @@ def main(argv=None) -> int:
         sp.add_argument("--mode", choices=MODES, default="notify",
                         help="how keepalived runs the tool: a command per event (notify, the default) "
                              "or one long-lived reader of its FIFO (fifo)")
+        sp.add_argument("--multi-az", action="store_true",
+                        help="the pair across two Availability Zones: an overlay IP routed to the master "
+                             "in every client subnet's route table")
         if name == "demo":
             sp.add_argument("--no-restart", action="store_true",
                             help="do not restart the crashed router at the end")

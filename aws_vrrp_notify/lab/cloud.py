@@ -54,9 +54,14 @@ from .imds import IMDS, DEFAULT_ACCOUNT
 from .stale_reads import StaleReads, question_of
 from .throttle import THROTTLED_STATUS, Throttle, throttled_body
 
-__all__ = ["Cloud", "Topology", "InstanceInfo", "Request", "HARNESS_UA"]
+__all__ = ["Cloud", "Topology", "InstanceInfo", "Request", "HARNESS_UA", "LAB_TABLE_TAG"]
 
 HARNESS_UA = "avn-lab-harness"
+LAB_TABLE_TAG = "ha-group=VI_1"   # the tag of the route tables of the client subnets
+# Subnets beyond lan/wan/implicit: clients in two Availability Zones, and the two zones of the
+# multi-AZ pair (instances "ra" and "rb").
+MORE_SUBNETS = {"client-a": "10.0.10.0/24", "client-b": "10.0.11.0/24", "az-a": "10.0.20.0/24",
+                "az-b": "10.0.21.0/24"}
 FAKE_AMI = "ami-0a1b2c3d4e5f60718"
 
 
@@ -86,13 +91,17 @@ class Topology:
     vpc_cidr: str
     vpc_ipv6_cidr: str
     igw: str
-    subnets: dict[str, str]          # "lan" | "wan" | "implicit" -> subnet id
+    subnets: dict[str, str]          # "lan" | "wan" | "implicit" | MORE_SUBNETS keys -> subnet id
     subnet_cidrs: dict[str, str]     # same keys -> IPv4 CIDR
     subnet_ipv6_cidrs: dict[str, str]
-    route_tables: dict[str, str]     # "lan" | "wan" | "main" -> rtb id ("implicit" uses "main")
+    route_tables: dict[str, str]     # "lan" | "wan" | "client-a" | "client-b" | "main" -> rtb id
+                                     # ("implicit", "az-a" and "az-b" use "main")
     instances: dict[str, InstanceInfo]   # "r1" | "r2"
     eip_alloc: str
     eip_public_ip: str
+    prefix_list: str = ""            # a managed prefix list (IPv4) for change-route destinations
+    route_table_tag: str = ""        # "Key=Value" carried by the tables of tagged_route_tables
+    tagged_route_tables: list[str] = field(default_factory=list)   # sorted rtb ids ("client-a", "client-b")
 
     def rtb_for(self, subnet_key: str) -> str:
         return self.route_tables.get(subnet_key, self.route_tables["main"])
@@ -589,12 +598,57 @@ class Cloud:
                                                            Ipv6AddressCount=1)["AssignedIpv6Addresses"]
             instances[name] = InstanceInfo(name, iid, enis, macs, ips, subs, ipv6s)
         eip = ec2.allocate_address(Domain="vpc")
+        extra = self._build_clients_and_zones(vpc_id, subnets, cidrs, rtbs, instances)
         self.topology = Topology(
             region=self.region, az=self.az, account_id=self.account_id, vpc=vpc_id, vpc_cidr="10.0.0.0/16",
             vpc_ipv6_cidr=str(v6), igw=igw, subnets=subnets, subnet_cidrs=cidrs, subnet_ipv6_cidrs=v6cidrs,
-            route_tables=rtbs, instances=instances, eip_alloc=eip["AllocationId"], eip_public_ip=eip["PublicIp"])
+            route_tables=rtbs, instances=instances, eip_alloc=eip["AllocationId"], eip_public_ip=eip["PublicIp"],
+            **extra)
         self._baseline = self._snapshot()
         return self.topology
+
+    def _build_clients_and_zones(self, vpc_id: str, subnets: dict, cidrs: dict, rtbs: dict,
+                                 instances: dict) -> dict:
+        """Client subnets in two Availability Zones whose route tables carry LAB_TABLE_TAG, a
+        managed prefix list, and the pair of docs/lab.md "Two Availability Zones": instance
+        "ra" in subnet "az-a" and "rb" in "az-b" (one ENI each).  Adds to the given dicts;
+        returns the Topology fields of its own."""
+        ec2 = self.ec2
+        zones = {"client-a": self.az, "client-b": self.az_b, "az-a": self.az, "az-b": self.az_b}
+        for key, cidr in MORE_SUBNETS.items():
+            cidrs[key] = cidr
+            subnets[key] = ec2.create_subnet(VpcId=vpc_id, CidrBlock=cidr, AvailabilityZone=zones[key],
+                                             TagSpecifications=[{"ResourceType": "subnet",
+                                                                 "Tags": [{"Key": "Name", "Value": key}]}]
+                                             )["Subnet"]["SubnetId"]
+        tag_key, tag_value = LAB_TABLE_TAG.split("=", 1)
+        for key in ("client-a", "client-b"):
+            tags = [{"Key": "Name", "Value": key}, {"Key": tag_key, "Value": tag_value}]
+            rtbs[key] = ec2.create_route_table(VpcId=vpc_id, TagSpecifications=[
+                {"ResourceType": "route-table", "Tags": tags}])["RouteTable"]["RouteTableId"]
+            ec2.associate_route_table(RouteTableId=rtbs[key], SubnetId=subnets[key])
+        for name, key, ip in (("ra", "az-a", "10.0.20.11"), ("rb", "az-b", "10.0.21.12")):
+            inst = ec2.run_instances(
+                ImageId=FAKE_AMI, MinCount=1, MaxCount=1, InstanceType="c5n.large", SubnetId=subnets[key],
+                PrivateIpAddress=ip, Placement={"AvailabilityZone": zones[key]},
+                TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}],
+            )["Instances"][0]
+            nic = inst["NetworkInterfaces"][0]
+            ec2.modify_network_interface_attribute(NetworkInterfaceId=nic["NetworkInterfaceId"],
+                                                   SourceDestCheck={"Value": False})
+            instances[name] = InstanceInfo(name, inst["InstanceId"], {0: nic["NetworkInterfaceId"]},
+                                           {0: nic["MacAddress"]}, {0: ip}, {0: subnets[key]})
+        prefix_list = ec2.create_managed_prefix_list(
+            PrefixListName="lab-clients", AddressFamily="IPv4", MaxEntries=4,
+            Entries=[{"Cidr": "192.168.0.0/16", "Description": "clients behind the routers"}],
+        )["PrefixList"]["PrefixListId"]
+        return {"prefix_list": prefix_list, "route_table_tag": LAB_TABLE_TAG,
+                "tagged_route_tables": sorted(rtbs[k] for k in ("client-a", "client-b"))}
+
+    @property
+    def az_b(self) -> str:
+        """The region's second Availability Zone."""
+        return self.region + "b"
 
     # ------------------------------------------------------------------ state
     def _snapshot(self) -> dict:
@@ -725,9 +779,11 @@ class Cloud:
                 if any(p["PrivateIpAddress"] == ip for p in n["PrivateIpAddresses"])]
 
     def route(self, rtb: str, dest: str) -> dict | None:
-        """The route of ``rtb`` for destination prefix ``dest`` (IPv4 or IPv6), or None."""
-        want = ipaddress.ip_network(dest, strict=False)
+        """The route of ``rtb`` for destination ``dest`` (IPv4 or IPv6 prefix, or prefix list id), or None."""
         rt = self.ec2.describe_route_tables(RouteTableIds=[rtb])["RouteTables"][0]
+        if dest.startswith("pl-"):
+            return next((r for r in rt["Routes"] if r.get("DestinationPrefixListId") == dest), None)
+        want = ipaddress.ip_network(dest, strict=False)
         for r in rt["Routes"]:
             d = r.get("DestinationCidrBlock") or r.get("DestinationIpv6CidrBlock")
             if d and ipaddress.ip_network(d, strict=False) == want:

@@ -187,6 +187,8 @@ def _route(backend, action, params, pending: PendingView) -> Acceptance:
 
     rtb = backend.get_route_table(_required(params, "RouteTableId"))
     raw, dest = _destination(params)
+    if raw.startswith("pl-") and action != "DeleteRoute" and raw not in backend.managed_prefix_lists:
+        raise Rejected("InvalidPrefixListID.NotFound", f"The prefix list ID '{raw}' does not exist")
     if action in ("ReplaceRoute", "DeleteRoute"):
         exists = pending.route_exists(rtb.id, dest)
         if exists is None:

@@ -269,7 +269,14 @@ class Lab:
     ``{"reassert-interval": 2, "consistency-window": 1}``.  ``tool_delay``: per notify
     command (``{"master": 0.5}``), seconds the wrapper waits before it execs the tool: a
     slow start, so that a later event's command may record its state first.
+
+    A variant of the lab (another pair of routers, another group) overrides
+    ``PRIORITIES``, ``VIRTUAL_ADDRESS``, :meth:`build_routers`, :meth:`tool_config` and
+    :meth:`aws_view` (see :mod:`.multi_az`).
     """
+
+    PRIORITIES: Dict[str, int] = PRIORITIES
+    VIRTUAL_ADDRESS = f"{VIP}/24"   # keepalived's virtual_ipaddress on eth0
 
     def __init__(self, cloud=None, routers=None, *, workdir: Optional[os.PathLike] = None,
                  tool: Optional[str] = None, tool_verbose: int = 1, deadline: float = 20,
@@ -336,10 +343,9 @@ class Lab:
         self.cloud.build_topology()
         if not self.routers:
             from .netns import Netns
-            from .routers import build_routers
 
             self.nets = Netns()
-            self.routers = build_routers(self.cloud, self.nets)
+            self.routers = self.build_routers(self.nets)
         for r in self.routers.values():
             if not getattr(r, "link_local_imds", False):
                 raise LabError(f"router {r.name} has no IMDS at 169.254.169.254 (build_routers(link_local_imds=True))")
@@ -386,7 +392,7 @@ class Lab:
                 shutil.rmtree(f"/run/keepalived/{r.ns}", ignore_errors=True)
                 if self.launches.get(name):
                     # keepalived leaves its VIP on eth0 when it dies; a test may have set links down
-                    ip("addr", "del", f"{VIP}/24", "dev", "eth0", ns=r.ns, check=False)
+                    ip("addr", "del", self.VIRTUAL_ADDRESS, "dev", "eth0", ns=r.ns, check=False)
                     ip("link", "set", "eth0", "up", ns=r.ns, check=False)
             self._tail_stop.set()
             if self._tailer is not None:
@@ -447,6 +453,12 @@ class Lab:
             return self.routers[name]
         except KeyError:
             raise LabError(f"no router {name!r} (have: {', '.join(self.routers)})") from None
+
+    def build_routers(self, nets) -> Dict[str, object]:
+        """The router namespaces of this lab (when none were given)."""
+        from .routers import build_routers
+
+        return build_routers(self.cloud, nets)
 
     def tool_config(self, name: str) -> str:
         t = self.cloud.topology
@@ -544,7 +556,7 @@ private-ip = "{VIP}"
             *[f"        {p}" for p in peers],
             "    }",
             "    virtual_ipaddress {",
-            f"        {VIP}/24 dev eth0",
+            f"        {self.VIRTUAL_ADDRESS} dev eth0",
             "    }",
             *track,
             *tool_lines,
@@ -608,7 +620,7 @@ private-ip = "{VIP}"
             raise LabError(f"keepalived already runs in {name}")
         if version == 2 and advert_int != int(advert_int):
             raise LabError("VRRPv2 needs a whole advert_int; use version=3")
-        priority = priority if priority is not None else PRIORITIES.get(name, 100)
+        priority = priority if priority is not None else self.PRIORITIES.get(name, 100)
         launches = self.launches.setdefault(name, [])
         n = len(launches) + 1
         d = self.router_dir(name)

@@ -27,6 +27,10 @@ What is fixed (see TESTBED.md section 1.4 for the observed moto behaviour):
   ``association.allocation-id`` work (moto answered HTTP 500).  Limitation: with
   several values in one address filter, moto's matcher needs them all to be on
   the ENI (EC2 matches any); use one value per call.
+* ``CreateRoute`` with ``DestinationPrefixListId`` and a ``NetworkInterfaceId``
+  target keeps its prefix list (moto stored the route without a destination, so
+  describe calls showed none and ``ReplaceRoute`` of it failed: getmoto/moto#8394);
+  a prefix list that does not exist is rejected (``InvalidPrefixListID.NotFound``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from moto.ec2.models.elastic_ip_addresses import ElasticAddress
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
+from moto.ec2.models.route_tables import RouteBackend
 from moto.ec2.responses.route_tables import RouteTables
+from moto.ec2.utils import generate_route_id
 
 __all__ = ["apply", "is_applied"]
 
@@ -134,6 +140,28 @@ def _dryrun_first(name):
     wrapper.__name__ = name
     wrapper._lab_patched = True
     return wrapper
+
+
+# --- route tables: prefix-list destinations --------------------------------------
+
+def _create_route(self, route_table_id, destination_cidr_block, destination_ipv6_cidr_block=None,
+                  destination_prefix_list_id=None, **kwargs):
+    prefix_list = None
+    if destination_prefix_list_id:
+        prefix_list = self.managed_prefix_lists.get(destination_prefix_list_id)
+        if prefix_list is None:
+            raise EC2ClientError("InvalidPrefixListID.NotFound",
+                                 f"The prefix list ID '{destination_prefix_list_id}' does not exist")
+    route = _ORIG["create_route"](self, route_table_id, destination_cidr_block, destination_ipv6_cidr_block,
+                                  destination_prefix_list_id, **kwargs)
+    if prefix_list is not None and route.destination_prefix_list is None:
+        # moto skips the prefix list when the target is an ENI and keys the route "<rtb>~None"
+        table = route.route_table
+        table._routes.pop(route.id, None)
+        route.destination_prefix_list = prefix_list
+        route.id = generate_route_id(table.id, None, None, prefix_list.id)
+        table._routes[route.id] = route
+    return route
 
 
 # --- Elastic IPs ---------------------------------------------------------------
@@ -234,6 +262,8 @@ def apply() -> None:
             continue
         _ORIG["rt:" + name] = orig
         setattr(RouteTables, name, _dryrun_first(name))
+    _ORIG["create_route"] = RouteBackend.create_route
+    RouteBackend.create_route = _create_route
     _ORIG["associate"] = ElasticIPAddresses.associate_address
     ElasticIPAddresses.associate_address = _associate_address
     _ORIG["disassociate"] = ElasticIPAddresses.disassociate_address

@@ -40,19 +40,20 @@ class Router:
     imds: IMDS
     link_local_imds: bool = False   # IMDS also at http://169.254.169.254/ inside ns
     addrs: dict[str, str] = field(default_factory=dict)   # ifname -> IPv4 address
+    interfaces: dict[str, tuple[int, str]] = field(default_factory=lambda: dict(INTERFACES))  # as INTERFACES
 
     @property
     def instance_id(self) -> str:
         return self.instance.instance_id
 
     def eni(self, ifname: str = "eth0") -> str:
-        return self.instance.enis[INTERFACES[ifname][0]]
+        return self.instance.enis[self.interfaces[ifname][0]]
 
     def mac(self, ifname: str = "eth0") -> str:
-        return self.instance.macs[INTERFACES[ifname][0]]
+        return self.instance.macs[self.interfaces[ifname][0]]
 
     def ns_of(self, ifname: str) -> str:
-        return self.vrf if INTERFACES[ifname][1] == "vrf" else self.ns
+        return self.vrf if self.interfaces[ifname][1] == "vrf" else self.ns
 
     def env(self) -> dict[str, str]:
         """The AWS endpoint variables the tool needs inside ``ns``."""
@@ -89,18 +90,19 @@ def build_routers(cloud: Cloud, nets: Netns, names=("r1", "r2"), *, link_local_i
 def check_router(r: Router) -> list[str]:
     """Problems with a router's namespaces (missing namespace/interface, wrong MAC, link down)."""
     problems = []
-    for ns in (r.ns, r.vrf):
+    namespaces = sorted({r.ns, r.vrf})
+    for ns in namespaces:
         if not os.path.exists(f"/run/netns/{ns}"):
             problems.append(f"namespace {ns} is missing")
     if problems:
         return problems
     links = {}
-    for ns in (r.ns, r.vrf):
+    for ns in namespaces:
         for line in ip("-br", "link", ns=ns, check=False).splitlines():
             parts = line.split()
             if len(parts) >= 3:
                 links[(ns, parts[0].split("@")[0])] = (parts[1], parts[2])
-    for ifname in INTERFACES:
+    for ifname in r.interfaces:
         ns = r.ns_of(ifname)
         got = links.get((ns, ifname))
         if got is None:
