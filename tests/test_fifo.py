@@ -180,7 +180,7 @@ def test_per_event_backup_after_master_hands_back(routers, run_tool):
     ok(run_tool(r2, "backup", "VI_1", config=config))
     assert aws.who_holds(VIP) == [r2.eni("eth0")]  # the exit does not wait for the hand-back
     assert wait_for(lambda: aws.who_holds(VIP) == [r1.eni("eth0")], timeout=10)
-    assert record(run_tool, r2)["outcome"] == "handed-back"
+    assert wait_for(lambda: record(run_tool, r2)["outcome"] == "handed-back", timeout=5)  # written after
 
 
 def test_backup_without_a_preceding_master_hands_nothing(routers, run_tool):
