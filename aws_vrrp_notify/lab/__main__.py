@@ -29,10 +29,13 @@ from .keepalived import GROUP, VIP, Event, Lab, LabError, NotifyCall, available
 
 ACTION_TEXT = {
     "assign-private-ip": f"VIP {VIP} on {{r}} eth0",
+    "assign-ipv6-address": "IPv6 VIP {vip6} on {r} eth0",
     "change-route wan 0.0.0.0/0": "wan 0.0.0.0/0 -> {r} eth1",
     "change-route lan ::/0": "lan ::/0 -> {r} eth0",
     "associate-address": "Elastic IP -> {r} " + VIP,
 }
+# An IPv6 address moves in two writes (EC2 cannot reassign it): between them it is on no ENI.
+NOBODY_TEXT = {"assign-ipv6-address": "IPv6 VIP {vip6} on no ENI"}
 
 
 class Printer:
@@ -88,6 +91,7 @@ class AwsWatcher(threading.Thread):
         self.lab, self.p = lab, p
         self.halt = threading.Event()
         self.last: Dict[str, Optional[str]] = {}
+        self.vip6 = lab.cloud.topology.vip6()
 
     def run(self) -> None:
         while not self.halt.wait(0.01):
@@ -99,12 +103,12 @@ class AwsWatcher(threading.Thread):
             changed = [k for k, v in view.items() if self.last.get(k, "?") != v]
             for k in changed:
                 who = view[k]
-                text = ACTION_TEXT[k].format(r=who) if who else f"{k}: nobody"
+                text = (ACTION_TEXT[k] if who else NOBODY_TEXT.get(k, f"{k}: nobody")).format(r=who, vip6=self.vip6)
                 self.p.at(now, f"AWS: {text}", 1)
             if changed:
                 targets = set(view.values())
                 if len(targets) == 1 and None not in targets:
-                    self.p.at(now, f"AWS: all 4 actions point to {targets.pop()}", 1)
+                    self.p.at(now, f"AWS: all {len(view)} actions point to {targets.pop()}", 1)
             self.last = view
 
     def stop(self) -> None:
@@ -153,6 +157,8 @@ def build(lab: Lab, p: Printer, lag: Dict[str, float]) -> None:
     for name, r in lab.routers.items():
         p.at(None, f"{name}: {r.instance_id} in namespace {r.ns}: eth0 {r.addrs['eth0']} ({r.eni('eth0')}), "
                    f"eth1 {r.addrs['eth1']} ({r.eni('eth1')})", 1)
+    p.at(None, f"IPv6 VIP {t.vip6()} in lan {t.subnet_ipv6_cidrs['lan']}: EC2 cannot reassign it, the tool "
+               "unassigns it from the holder first", 1)
     p.at(None, f"Elastic IP {t.eip_public_ip} ({t.eip_alloc}) - a fake address, never contacted", 1)
     p.at(None, "inside each router namespace: its own IMDS at 169.254.169.254:80, the EC2 API on "
                "127.0.0.1 (AWS_ENDPOINT_URL_EC2)", 1)
@@ -210,7 +216,7 @@ def demo(args) -> int:
         if seen:
             detect = seen[0].time - t_fault
             p.at(None, f"keepalived on {backup} needed {detect:.3f} s to declare the master dead "
-                       f"(3 x advert_int + skew), aws-vrrp-notify {took - detect:.3f} s to move the 4 actions", 1)
+                       f"(3 x advert_int + skew), aws-vrrp-notify {took - detect:.3f} s to move the {len(ACTION_TEXT)} actions", 1)
         if calls:
             p.at(None, f"notify_master started {calls[0].start - t_fault:.3f} s after the crash", 1)
         lab.wait_settled(timeout=30)
