@@ -7,6 +7,8 @@ on ours. Between them the address is on no ENI. Unassigning is asynchronous, so 
 refused because the address is still "in use" is tried again, re-reading the holder each
 time, until the transition's deadline; if it still fails, the error says plainly that the
 address was taken from its holder and is now on no ENI (``check`` reports it CRITICAL).
+When the read says the address is ours already, nothing is unassigned but the assign is
+still sent (the read may lag); if EC2 refuses it as in use and a new read says ours, done.
 
 In a split brain both instances may run the pair at once; each ends after one successful
 assign, or when the address went meanwhile to a third ENI that it did not take it from, and
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
     from ..permissions import Probe, Prober
 
 IN_USE_CODES = frozenset({"InvalidIPAddress.InUse", "InvalidParameterValue"})
+# After EC2 refused an assign as in use, how many reads in a row must show the address here
+# before it counts as ours (a single read may come from a lagging replica).
+HERE_READS = 2
 
 
 def normal(address: str) -> str:
@@ -134,32 +139,44 @@ class Move:
     def __init__(self, ec2: Ec2, ip: str, eni: str):
         self.ec2, self.ip, self.eni = ec2, ip, eni
         self.taken_from: List[str] = []  # the ENIs we unassigned it from
-        self.attempts = 0
+        self.attempts = 0  # assigns sent
+        self.here_reads = 0  # reads in a row showing it here after a refused assign
 
     def run(self) -> str:
         from ..ec2 import AwsError
 
         while True:
             try:
-                return self._attempt()
+                done = self._attempt()
             except AwsError as exc:
                 self._wait_or_give_up(exc)
+                continue
+            if done:
+                return done
 
-    def _attempt(self) -> str:
+    def _attempt(self) -> Optional[str]:
+        """One read-unassign-assign round: what happened, or None to read again."""
         held_by = holders(self.ip, self.ec2.paginate(
             "describe_network_interfaces", "NetworkInterfaces",
             Filters=[{"Name": "ipv6-addresses.ipv6-address", "Values": [self.ip]}]))
         others = [h for h in held_by if h != self.eni]
-        if self.eni in held_by and not others:
-            return self._done("already assigned")
+        here = self.eni in held_by and not others
+        self.here_reads = self.here_reads + 1 if here else 0
+        if here and self.attempts:  # an assign was refused, yet the address looks ours
+            if self.here_reads >= HERE_READS or not self._pause():
+                return self._done("already assigned")
+            return None
         if self.taken_from and others and not set(others) <= set(self.taken_from):
             # another instance took it after we freed it (a split brain): verification decides
             return f"taken meanwhile by {', '.join(others)} after unassigning it from {', '.join(self.taken_from)}"
         for other in others:
             self._unassign(other)
+        # Assigned even when the read says it is ours: a describe call may lag, and a write
+        # that was not made cannot win a split brain. (EC2 may refuse it as in use: see above.)
         self.attempts += 1
+        self.here_reads = 0
         self.ec2.call("assign_ipv6_addresses", write=True, NetworkInterfaceId=self.eni, Ipv6Addresses=[self.ip])
-        return self._done("assigned")
+        return self._done("assigned again (already here)" if here else "assigned")
 
     def _done(self, what: str) -> str:
         return f"{what}, unassigned from {', '.join(self.taken_from)} first" if self.taken_from else what
@@ -179,16 +196,23 @@ class Move:
 
     def _wait_or_give_up(self, exc: AwsError) -> None:
         """After a failed step: wait a little before the next attempt, or raise what happened."""
-        import time
-
-        from ..ec2 import backoff
         from ..permissions import DENIED
 
         retry = exc.code not in DENIED and (self.taken_from or _in_use(exc))
-        pause = backoff(self.attempts, throttled=False)
-        if not retry or pause >= self.ec2.deadline.remaining():
+        if not retry or not self._pause():
             raise self._stranded(exc) if self.taken_from else exc
+
+    def _pause(self) -> bool:
+        """Wait a little before the next round; False when the deadline leaves no time for one."""
+        import time
+
+        from ..ec2 import backoff
+
+        pause = backoff(self.attempts, throttled=False)
+        if pause >= self.ec2.deadline.remaining():
+            return False
         time.sleep(pause)
+        return True
 
     def _stranded(self, exc: AwsError) -> AwsError:
         from ..ec2 import AwsError
