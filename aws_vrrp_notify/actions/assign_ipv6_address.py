@@ -17,6 +17,8 @@ the verification of transition.py decides who keeps the group (docs/consistency.
 
 from __future__ import annotations
 
+import ipaddress
+
 TYPE_CHECKING = False  # typing costs ~5 ms of a keepalived BACKUP: annotations only
 if TYPE_CHECKING:
     from typing import ClassVar, Iterable, List, Optional, Tuple
@@ -38,8 +40,6 @@ HERE_READS = 2
 def normal(address: str) -> str:
     """An address as the configuration holds it (EC2 and the metadata service may differ in case
     or zero compression)."""
-    import ipaddress
-
     try:
         return str(ipaddress.ip_address(address))
     except ValueError:
@@ -90,7 +90,7 @@ class AssignIpv6Address(AddressAction):
     def probe(self, prober: Prober, target: Target, local: LocalEni, snap: Snapshot) -> Probe:
         """Neither call has DryRun (botocore's model): each is proved with a request that changes
         nothing whatever EC2 answers. AssignIpv6Addresses re-assigns to the ENI an address it
-        already holds; UnassignIpv6Addresses unassigns from the ENI its subnet's first address
+        already holds (its own, else the action's); UnassignIpv6Addresses unassigns from the ENI its subnet's first address
         (the Subnet-Router anycast address, which no ENI holds). Any answer but a denial proves
         the permission."""
         from ..permissions import Probe
@@ -109,15 +109,15 @@ class AssignIpv6Address(AddressAction):
             held = ipv6s_of(eni) if eni else [normal(a) for a in prober.imds.ipv6s(local.mac)]
         except ImdsError as exc:
             return Probe(False, f"NOT PROBED: the IPv6 addresses of {local.eni_id} are unknown: {exc}")
-        address = self.ip if self.ip in held else (held[0] if held else None)
+        # the ENI's own address first: it never moves, so even a stale read cannot make this a move
+        own = [a for a in held if a != self.ip]
+        address = own[0] if own else (self.ip if held else None)
         if address is None:
             return Probe(False, f"NOT PROBED: {local.eni_id} holds no IPv6 address to re-assign in a no-op "
                                 "request (run it where the address is, or give the ENI an address of its own)")
         return prober.no_op("assign_ipv6_addresses", NetworkInterfaceId=target["eni"], Ipv6Addresses=[address])
 
     def _probe_unassign(self, prober: Prober, target: Target, local: LocalEni, snap: Snapshot) -> Probe:
-        import ipaddress
-
         from ..imds import ImdsError
         from ..permissions import Probe
 
