@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import time
 
 import pytest
@@ -168,12 +169,39 @@ def test_a_denied_unassign_leaves_the_address_where_it_was(routers, run_tool, fa
 def test_master_waits_for_the_metadata_service_to_list_the_address(routers, run_tool):
     aws, r2 = routers.cloud, routers.r2
     vip6 = routers.topology.vip6()
-    r2.imds.overrides[f"meta-data/network/interfaces/macs/{r2.mac('eth0')}/ipv6s"] = "\n".join(
-        r2.instance.ipv6s[0])  # the ENI's own address only, never the VIP
-    proc = run_tool(r2, "master", "VI_1", config=cfg(ipv6(vip6), deadline=2))
-    assert proc.returncode == 1
-    assert (f"the metadata service's ipv6s for {r2.mac('eth0')} does not list it") in proc.stderr
+    key = f"meta-data/network/interfaces/macs/{r2.mac('eth0')}/ipv6s"
+    r2.imds.overrides[key] = "\n".join(r2.instance.ipv6s[0])  # the ENI's own address: not shown yet
+
+    def lift():
+        time.sleep(1.0)
+        r2.imds.overrides.pop(key, None)
+
+    threading.Thread(target=lift, daemon=True).start()
+    start = time.monotonic()
+    ok(run_tool(r2, "master", "VI_1", config=cfg(ipv6(vip6))))
+    assert time.monotonic() - start >= 1.0
+    assert r2.imds.count("GET", f"/latest/{key}") >= 2
     assert holders6(aws, vip6) == [r2.eni("eth0")]
+
+
+def test_unconfirmed_names_the_metadata_service_entry(aws):
+    """What the metadata service's ipv6s says, read over HTTP from the lab's emulator."""
+    from aws_vrrp_notify.actions import AssignIpv6Address, LocalEni
+    from aws_vrrp_notify.imds import ImdsClient
+
+    r2 = aws.topology.instances["r2"]
+    vip6 = aws.topology.vip6()
+    action = AssignIpv6Address(ip=vip6, interface="eth0", vrf="main")
+    local = LocalEni("eth0", "main", r2.mac(0), r2.eni(0), aws.topology.vpc, r2.subnets[0])
+    imds = ImdsClient(endpoint=aws.serve_imds("r2"))
+    assert action.unconfirmed(imds, local) == (f"assigned to {r2.eni(0)}, but the metadata service's ipv6s for "
+                                              f"{r2.mac(0)} does not list it")
+    put_vip6_on(aws, r2.eni(0), vip6)
+    assert action.unconfirmed(imds, local) is None
+    # device 2 (ens9) has no IPv6 address: its directory has no ipv6s entry at all
+    listing = aws.imds("r2").get(f"/latest/meta-data/network/interfaces/macs/{r2.mac(2)}/")
+    assert listing[0] == 200 and "interface-id" in listing[1] and "ipv6s" not in listing[1]
+    assert imds.ipv6s(r2.mac(2)) == []
 
 
 # ============================================================================ status, check, permissions
