@@ -190,6 +190,14 @@ class ImdsClient:
     def local_ipv4s(self, mac: str) -> List[str]:
         return [line.strip() for line in self.mac_data(mac, "local-ipv4s").splitlines() if line.strip()]
 
+    def ipv6s(self, mac: str) -> List[str]:
+        """The IPv6 addresses of the ENI with ``mac``; the service has no ``ipv6s`` for an ENI without any."""
+        try:
+            text = self.mac_data(mac, "ipv6s")
+        except ImdsNotFound:
+            return []
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
 
 def dmi_says_ec2(sysfs: Optional[str] = None) -> bool:
     """True when firmware data says this machine is an EC2 instance (Nitro or Xen)."""

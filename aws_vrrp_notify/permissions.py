@@ -5,7 +5,9 @@ the describe calls): DryRunOperation means allowed, UnauthorizedOperation means 
 AssignPrivateIpAddresses has no DryRun: it is proved with a no-op request, re-assigning
 to the ENI an address it already holds (the virtual IP when this instance holds it, else
 the ENI's primary address, which EC2 refuses with a parameter error *after* the IAM check).
-Any answer except UnauthorizedOperation / AuthFailure proves the permission.
+AssignIpv6Addresses and UnassignIpv6Addresses have no DryRun either: their no-op requests
+are in actions/assign_ipv6_address.py. Any answer except UnauthorizedOperation /
+AuthFailure proves the permission.
 
 An endpoint that ignores DryRun (some emulators and proxies) answers a DryRun request as
 a real one. A describe answered that way changed nothing, but proves the endpoint would

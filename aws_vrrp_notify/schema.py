@@ -55,15 +55,25 @@ def _string(value: Any) -> str:
     return value
 
 
-def ipv4_address(value: Any) -> str:
-    text = _string(value)
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        raise ValueError(f"{_describe(text)} is not an IPv4 address") from None
-    if addr.version != 4:
-        raise ValueError(f"{_describe(text)} is an IPv6 address; an IPv4 address is required")
-    return str(addr)
+def _ip_address(version: int) -> "Callable[[Any], str]":
+    """A checker for one IP version's addresses, normalised (2001:DB8::0100 -> 2001:db8::100)."""
+    other = 10 - version  # 4 <-> 6
+
+    def check(value: Any) -> str:
+        text = _string(value)
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            raise ValueError(f"{_describe(text)} is not an IPv{version} address") from None
+        if addr.version != version:
+            raise ValueError(f"{_describe(text)} is an IPv{other} address; an IPv{version} address is required")
+        return str(addr)
+
+    return check
+
+
+ipv4_address = _ip_address(4)
+ipv6_address = _ip_address(6)
 
 
 def ip_prefix(value: Any) -> str:

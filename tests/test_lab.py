@@ -75,6 +75,33 @@ def test_allow_reassignment_moves_the_ip(aws):
     assert aws.eni_private_ips(e1) == ["10.0.1.11"]
 
 
+def test_an_ipv6_address_is_on_one_eni_at_most(aws):
+    """EC2 has no reassignment for IPv6: AssignIpv6Addresses refuses an address another ENI
+    holds (moto let two ENIs hold it), and one outside the subnet; the ipv6-addresses filter works."""
+    t = aws.topology
+    e1, e2, wan = t.instances["r1"].eni(0), t.instances["r2"].eni(0), t.instances["r2"].eni(1)
+    vip6 = t.vip6()
+    ec2 = aws.ec2
+
+    def holders(ip):
+        flt = [{"Name": "vpc-id", "Values": [t.vpc]}, {"Name": "ipv6-addresses.ipv6-address", "Values": [ip]}]
+        return [n["NetworkInterfaceId"] for n in ec2.describe_network_interfaces(Filters=flt)["NetworkInterfaces"]]
+
+    ec2.assign_ipv6_addresses(NetworkInterfaceId=e1, Ipv6Addresses=[vip6])
+    ec2.assign_ipv6_addresses(NetworkInterfaceId=e1, Ipv6Addresses=[vip6])  # again on the holder: no change
+    with pytest.raises(ClientError) as ei:
+        ec2.assign_ipv6_addresses(NetworkInterfaceId=e2, Ipv6Addresses=[vip6.upper()])
+    assert code_of(ei) == "InvalidIPAddress.InUse"
+    assert holders(vip6) == [e1]
+    with pytest.raises(ClientError) as ei:  # the lan subnet's address on an ENI of the wan subnet
+        ec2.assign_ipv6_addresses(NetworkInterfaceId=wan, Ipv6Addresses=[vip6.replace("::100", "::102")])
+    assert code_of(ei) == "InvalidParameterValue"
+    ec2.unassign_ipv6_addresses(NetworkInterfaceId=e1, Ipv6Addresses=[vip6])
+    ec2.assign_ipv6_addresses(NetworkInterfaceId=e2, Ipv6Addresses=[vip6])
+    assert holders(vip6) == [e2]
+    assert holders(t.instances["r1"].ipv6s[0][0]) == [e1]
+
+
 def test_dryrun_on_route_calls_raises_and_changes_nothing(aws):
     t = aws.topology
     rtb = t.route_tables["wan"]
@@ -324,6 +351,9 @@ def test_imds_reflects_moves_and_overrides(aws):
                                         AllowReassignment=True)
     assert _imds(b1, p1, k1) == (200, "10.0.1.11")
     assert _imds(b2, p2, k2) == (200, f"10.0.1.12\n{VIP}")
+    six = f"/latest/meta-data/network/interfaces/macs/{r2.mac(0)}/ipv6s"
+    aws.ec2.assign_ipv6_addresses(NetworkInterfaceId=r2.eni(0), Ipv6Addresses=[t.vip6()])
+    assert _imds(b2, six, k2) == (200, "\n".join(r2.ipv6s[0] + [t.vip6()]))  # ipv6s, read from moto
     imds = aws.imds("r1")
     imds.overrides["meta-data/instance-id"] = 500
     imds.overrides[p1[len("/latest/"):]] = None

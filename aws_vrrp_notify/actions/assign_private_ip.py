@@ -4,10 +4,10 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing costs ~5 ms of a keepalived BACKUP: annotations only
 if TYPE_CHECKING:
-    from typing import Any, ClassVar, Optional, Tuple
+    from typing import ClassVar, Optional, Tuple
 
 from ..schema import Field, ipv4_address
-from .base import INTERFACE, VRF, Action, LocalEni, Observation, Target
+from .base import INTERFACE, VRF, AddressAction, LocalEni, Observation, Target
 
 if TYPE_CHECKING:
     from ..ec2 import Ec2, Snapshot
@@ -15,21 +15,10 @@ if TYPE_CHECKING:
     from ..permissions import Probe, Prober
 
 
-class AssignPrivateIp(Action):
+class AssignPrivateIp(AddressAction):
     TYPE: ClassVar[str] = "assign-private-ip"
     FIELDS: ClassVar[Tuple[Field, ...]] = (Field("ip", ipv4_address, required=True), INTERFACE, VRF)
     OPERATIONS: ClassVar[Tuple[str, ...]] = ("AssignPrivateIpAddresses",)
-
-    ip: str
-
-    def identity(self) -> Tuple[Any, ...]:
-        return (self.TYPE, self.ip)
-
-    def describe(self) -> str:
-        return f"{self.TYPE} {self.ip} interface {self.interface} vrf {self.vrf}"
-
-    def observe_reads(self) -> Tuple[str, ...]:
-        return ("enis",)
 
     def apply(self, ec2: Ec2, target: Target) -> str:
         ec2.call("assign_private_ip_addresses", write=True, NetworkInterfaceId=target["eni"],

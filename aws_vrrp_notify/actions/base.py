@@ -146,6 +146,21 @@ class Action(Frozen):
         raise NotImplementedError
 
 
+class AddressAction(Action):
+    """An action moving one address (key ``ip``) to the ENI: its identity, text and reads."""
+
+    ip: str
+
+    def identity(self) -> Tuple[Any, ...]:
+        return (self.TYPE, self.ip)
+
+    def describe(self) -> str:
+        return f"{self.TYPE} {self.ip} interface {self.interface} vrf {self.vrf}"
+
+    def observe_reads(self) -> Tuple[str, ...]:
+        return ("enis",)
+
+
 def exactly_one(values: Dict[str, Any], where: str, problems: List[str], *keys: str,
                 first_text: str = "") -> None:
     """Exactly one of ``keys`` (a key that was given but invalid counts as given)."""

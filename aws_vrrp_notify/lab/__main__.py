@@ -39,12 +39,15 @@ from .multi_az import OVERLAY_VIP, PAIR, MultiAzLab, zone_of
 
 ACTION_TEXT = {
     "assign-private-ip": f"VIP {VIP} on {{r}} eth0",
+    "assign-ipv6-address": "IPv6 VIP {vip6} on {r} eth0",
     "change-route wan 0.0.0.0/0": "wan 0.0.0.0/0 -> {r} eth1",
     "change-route lan ::/0": "lan ::/0 -> {r} eth0",
     "associate-address": "Elastic IP -> {r} " + VIP,
 }
 MULTI_AZ_TEXT = {f"change-route {key} {OVERLAY_VIP}/32": f"{key} {OVERLAY_VIP}/32 -> {{r}} eth0"
                  for key in ("client-a", "client-b")}
+# An IPv6 address moves in two writes (EC2 cannot reassign it): between them it is on no ENI.
+NOBODY_TEXT = {"assign-ipv6-address": "IPv6 VIP {vip6} on no ENI"}
 
 
 class Printer:
@@ -101,6 +104,7 @@ class AwsWatcher(threading.Thread):
         self.lab, self.p, self.texts = lab, p, texts
         self.halt = threading.Event()
         self.last: Dict[str, Optional[str]] = {}
+        self.vip6 = lab.cloud.topology.vip6()
 
     def run(self) -> None:
         while not self.halt.wait(0.01):
@@ -112,7 +116,7 @@ class AwsWatcher(threading.Thread):
             changed = [k for k, v in view.items() if self.last.get(k, "?") != v]
             for k in changed:
                 who = view[k]
-                text = self.texts[k].format(r=who) if who else f"{k}: nobody"
+                text = (self.texts[k] if who else NOBODY_TEXT.get(k, f"{k}: nobody")).format(r=who, vip6=self.vip6)
                 self.p.at(now, f"AWS: {text}", 1)
             if changed:
                 targets = set(view.values())
@@ -169,6 +173,8 @@ def build(lab: Lab, p: Printer, lag: Dict[str, float]) -> None:
         for name, r in lab.routers.items():
             p.at(None, f"{name}: {r.instance_id} in namespace {r.ns}: eth0 {r.addrs['eth0']} ({r.eni('eth0')}), "
                        f"eth1 {r.addrs['eth1']} ({r.eni('eth1')})", 1)
+        p.at(None, f"IPv6 VIP {t.vip6()} in lan {t.subnet_ipv6_cidrs['lan']}: EC2 cannot reassign it, the tool "
+                   "unassigns it from the holder first", 1)
         p.at(None, f"Elastic IP {t.eip_public_ip} ({t.eip_alloc}) - a fake address, never contacted", 1)
     p.at(None, "inside each router namespace: its own IMDS at 169.254.169.254:80, the EC2 API on "
                "127.0.0.1 (AWS_ENDPOINT_URL_EC2)", 1)

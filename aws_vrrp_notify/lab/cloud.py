@@ -106,6 +106,11 @@ class Topology:
     def rtb_for(self, subnet_key: str) -> str:
         return self.route_tables.get(subnet_key, self.route_tables["main"])
 
+    def vip6(self, subnet_key: str = "lan") -> str:
+        """An IPv6 virtual IP for tests and the demo: ::100 of the subnet's IPv6 CIDR (no ENI
+        holds it in the baseline)."""
+        return str(ipaddress.ip_network(self.subnet_ipv6_cidrs[subnet_key])[0x100])
+
     def as_dict(self) -> dict:
         import dataclasses
 

@@ -180,6 +180,17 @@ class Consistency(ec2_writes.PendingView):
     def allocation_of(self, association_id: str) -> Optional[str]:
         return self._associations.get(association_id)
 
+    def ipv6_holders(self, ip: str, now: set) -> set:
+        held = set(now)
+        for w in self._pending():
+            if ("ip", ip) in w.acceptance.resources:
+                eni = w.params.get("NetworkInterfaceId")
+                if w.action == "AssignIpv6Addresses":
+                    held.add(eni)
+                elif w.action == "UnassignIpv6Addresses":
+                    held.discard(eni)
+        return held
+
     # ------------------------------------------------------------------ landing
     def _start(self) -> None:
         if self._thread is None:

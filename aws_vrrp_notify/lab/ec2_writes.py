@@ -6,9 +6,10 @@ after a lag.  It does three things, from the request's form parameters alone:
 * **validates** what EC2 checks synchronously, raising :class:`Rejected` with the code
   and message moto gives for the same mistake: every id the call names must exist
   (ENI, route table, Elastic IP by allocation id or public address, instance, internet
-  gateway, association id), addresses must be well formed and (private IPv4) inside
-  the ENI's subnet, and ``ReplaceRoute`` / ``DeleteRoute`` need a route that exists
-  once the writes accepted before it have landed;
+  gateway, association id), addresses must be well formed and inside the ENI's subnet,
+  ``ReplaceRoute`` / ``DeleteRoute`` need a route that exists once the writes accepted
+  before it have landed, and ``AssignIpv6Addresses`` an address that no other ENI holds
+  then (EC2 has no reassignment for IPv6: it refuses an address in use at once);
 * names the **resources** the call touches (an ENI, an address, a route table and
   destination, an Elastic IP), so that writes touching the same one land in the
   order they were accepted;
@@ -67,6 +68,11 @@ class PendingView:
 
     def allocation_of(self, association_id: str) -> Optional[str]:
         """Allocation id of an association answered by a pending (or landed) AssociateAddress."""
+        raise NotImplementedError
+
+    def ipv6_holders(self, ip: str, now: set) -> set:
+        """The ENIs that hold IPv6 address ``ip`` once pending writes land, given those that
+        hold it ``now``."""
         raise NotImplementedError
 
 
@@ -144,6 +150,16 @@ def _private_ips(backend, action, params, pending) -> Acceptance:
 def _ipv6s(backend, action, params, pending) -> Acceptance:
     eni = _eni(backend, params)
     ips = [_address(ip, 6) for ip in _listed(params, "Ipv6Addresses")]
+    if action == "AssignIpv6Addresses":
+        nets = [ipaddress.ip_network(a["ipv6CidrBlock"])
+                for a in eni.subnet.ipv6_cidr_block_associations.values() if a.get("ipv6CidrBlock")]
+        for ip in ips:
+            if not any(ipaddress.ip_address(ip) in net for net in nets):
+                raise Rejected("InvalidParameterValue",
+                               f"Address {ip} does not fall within the subnet's IPv6 address range")
+            now = {e.id for e in list(backend.enis.values()) if ip in {_address(a, 6) for a in e.ipv6_addresses}}
+            if pending.ipv6_holders(ip, now) - {eni.id}:
+                raise Rejected("InvalidIPAddress.InUse", f"Address {ip} is in use.")
     tag = "assignedIpv6Addresses" if action == "AssignIpv6Addresses" else "unassignedIpv6Addresses"
     inner = ec2_xml.element("networkInterfaceId", eni.id) + ec2_xml.item_set(tag, ips)
     return Acceptance(frozenset({("eni", eni.id)} | {("ip", ip) for ip in ips}), ec2_xml.success_body(action, inner))

@@ -19,6 +19,7 @@ Each router runs keepalived 2.x inside its namespace (``ip netns exec``), with a
 vrrp_instance ``VI_1`` on eth0 (unicast 10.0.1.11 <-> 10.0.1.12) whose
 ``notify_master/backup/fault/stop`` lines call the installed ``aws-vrrp-notify``
 with a per-router configuration (``assign-private-ip`` of the VIP 10.0.1.100 on
+eth0, ``assign-ipv6-address`` of the lan subnet's IPv6 VIP (``Topology.vip6``) on
 eth0, ``change-route`` 0.0.0.0/0 of the wan subnet via eth1, ``change-route`` ::/0
 of the lan route table via eth0, ``associate-address`` of the lab's Elastic IP to
 the VIP).  In ``fifo`` mode keepalived instead runs one ``aws-vrrp-notify fifo``
@@ -473,6 +474,10 @@ deadline = {self.deadline:g}
 ip = "{VIP}"
 interface = "eth0"
 
+[[groups.{GROUP}.assign-ipv6-address]]
+ip = "{t.vip6()}"
+interface = "eth0"
+
 [[groups.{GROUP}.change-route]]
 subnet = "{t.subnet_cidrs['wan']}"
 destination = "0.0.0.0/0"
@@ -884,6 +889,7 @@ private-ip = "{VIP}"
                 holders = [e.id for e in list(backend.enis.values())
                            if any(p.get("PrivateIpAddress") == VIP and not p.get("Primary")
                                   for p in list(e.private_ip_addresses))]
+                holders6 = [e.id for e in list(backend.enis.values()) if t.vip6() in list(e.ipv6_addresses)]
                 wan = _route_eni(backend, t.route_tables["wan"], "0.0.0.0/0")
                 lan6 = _route_eni(backend, t.route_tables["lan"], "::/0")
                 eip = next((a for a in list(backend.addresses) if a.allocation_id == t.eip_alloc), None)
@@ -901,6 +907,7 @@ private-ip = "{VIP}"
 
         return {
             "assign-private-ip": who(holders[0], "eth0") if len(holders) == 1 else None,
+            "assign-ipv6-address": who(holders6[0], "eth0") if len(holders6) == 1 else None,
             "change-route wan 0.0.0.0/0": who(wan, "eth1"),
             "change-route lan ::/0": who(lan6, "eth0"),
             "associate-address": who(eip_eni, "eth0") if eip_ip == VIP else None,

@@ -13,6 +13,11 @@ What is fixed (see TESTBED.md section 1.4 for the observed moto behaviour):
   otherwise; an address outside the ENI's subnet or equal to another ENI's
   primary address is rejected.  An Elastic IP associated with a moved private
   address moves with it, as on EC2.
+* ``AssignIpv6Addresses``: an address that another ENI holds is rejected with
+  ``InvalidIPAddress.InUse`` (EC2's code for an address already in use; moto let two
+  ENIs hold it), and so is one outside the ENI's subnet IPv6 CIDR
+  (``InvalidParameterValue``).  Re-assigning an address the ENI already holds changes
+  nothing.
 * ``DryRun`` on the route-table calls raises ``DryRunOperation`` (HTTP 412) and
   changes nothing (moto ignored it and applied the change).
 * ``AssociateAddress`` honours ``PrivateIpAddress`` (rejects an address that is
@@ -24,7 +29,8 @@ What is fixed (see TESTBED.md section 1.4 for the observed moto behaviour):
 * ``DescribeNetworkInterfaces`` filters ``private-ip-address`` and
   ``addresses.private-ip-address`` match secondary addresses too (moto matched
   the primary only); ``attachment.device-index``, ``association.public-ip`` and
-  ``association.allocation-id`` work (moto answered HTTP 500).  Limitation: with
+  ``association.allocation-id`` work (moto answered HTTP 500), and so does
+  ``ipv6-addresses.ipv6-address``.  Limitation: with
   several values in one address filter, moto's matcher needs them all to be on
   the ENI (EC2 matches any); use one value per call.
 * ``CreateRoute`` with ``DestinationPrefixListId`` and a ``NetworkInterfaceId``
@@ -126,6 +132,34 @@ def _assign_private_ip_addresses(self):
             eip.instance = eni.instance
             eni.public_ip = eip.public_ip
     return _ORIG["assign"](self)
+
+
+# --- AssignIpv6Addresses --------------------------------------------------------
+
+def _same_ipv6(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+
+
+def _assign_ipv6_addresses(self):
+    backend = self.ec2_backend
+    eni = backend.get_network_interface(self._get_param("NetworkInterfaceId"))
+    nets = [ipaddress.ip_network(a.get("ipv6CidrBlock"))
+            for a in eni.subnet.ipv6_cidr_block_associations.values() if a.get("ipv6CidrBlock")]
+    for ip in self._get_param("Ipv6Addresses", []) or []:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            raise EC2ClientError("InvalidParameterValue", f"Invalid IPv6 address {ip!r}")
+        if addr.version != 6 or not any(addr in net for net in nets):
+            raise EC2ClientError("InvalidParameterValue",
+                                 f"Address {ip} does not fall within the subnet's IPv6 address range")
+        for other in backend.enis.values():
+            if other is not eni and any(_same_ipv6(ip, held) for held in other.ipv6_addresses):
+                raise EC2ClientError("InvalidIPAddress.InUse", f"Address {ip} is in use.")
+    return _ORIG["assign6"](self)
 
 
 # --- route tables: DryRun ------------------------------------------------------
@@ -233,6 +267,8 @@ def _disassociate_address(self):
 def _eni_get_filter_value(self, filter_name, method_name=None):
     if filter_name in ("addresses.private-ip-address", "private-ip-address"):
         return [p.get("PrivateIpAddress") for p in self.private_ip_addresses]
+    if filter_name == "ipv6-addresses.ipv6-address":
+        return [str(ipaddress.ip_address(a)) for a in self.ipv6_addresses]
     if filter_name == "attachment.device-index":
         return str(self.device_index) if self.instance is not None and self.device_index is not None else None
     if filter_name == "association.public-ip":
@@ -256,6 +292,8 @@ def apply() -> None:
         return
     _ORIG["assign"] = ElasticNetworkInterfaces.assign_private_ip_addresses
     ElasticNetworkInterfaces.assign_private_ip_addresses = _assign_private_ip_addresses
+    _ORIG["assign6"] = ElasticNetworkInterfaces.assign_ipv6_addresses
+    ElasticNetworkInterfaces.assign_ipv6_addresses = _assign_ipv6_addresses
     for name in _ROUTE_TABLE_CALLS:
         orig = getattr(RouteTables, name, None)
         if orig is None or getattr(orig, "_lab_patched", False):
