@@ -28,6 +28,9 @@ class AssignPrivateIp(Action):
     def describe(self) -> str:
         return f"{self.TYPE} {self.ip} interface {self.interface} vrf {self.vrf}"
 
+    def moved_addresses(self) -> Tuple[str, ...]:
+        return (self.ip,)
+
     def observe_reads(self) -> Tuple[str, ...]:
         return ("enis",)
 
