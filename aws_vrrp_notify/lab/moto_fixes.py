@@ -27,6 +27,9 @@ What is fixed (see TESTBED.md section 1.4 for the observed moto behaviour):
   ``association.allocation-id`` work (moto answered HTTP 500).  Limitation: with
   several values in one address filter, moto's matcher needs them all to be on
   the ENI (EC2 matches any); use one value per call.
+* Route 53 ``ChangeResourceRecordSets`` refuses an A or AAAA value that is not an
+  IPv4 or IPv6 address (``InvalidChangeBatch``, after the zone is found), as Route 53
+  does; moto stored anything.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
 from moto.ec2.responses.route_tables import RouteTables
+from moto.route53.exceptions import Route53ClientError
+from moto.route53.models import Route53Backend
 
 __all__ = ["apply", "is_applied"]
 
@@ -215,6 +220,21 @@ def _eni_get_filter_value(self, filter_name, method_name=None):
     return _ORIG["eni_filter"](self, filter_name, method_name)
 
 
+def _change_resource_record_sets(self, zoneid, change_list):
+    from .route53_api import bad_value
+
+    self.get_hosted_zone(zoneid)  # NoSuchHostedZone first, as Route 53
+    for change in change_list:
+        rrset = change.get("ResourceRecordSet") or {}
+        if change.get("Action") not in ("CREATE", "UPSERT"):
+            continue
+        for record in rrset.get("ResourceRecords") or []:
+            problem = bad_value(rrset.get("Type", ""), record.get("Value", "") if isinstance(record, dict) else record)
+            if problem:
+                raise Route53ClientError("InvalidChangeBatch", problem)
+    return _ORIG["r53_change"](self, zoneid, change_list)
+
+
 # --- entry points ----------------------------------------------------------------
 
 def is_applied() -> bool:
@@ -244,4 +264,6 @@ def apply() -> None:
     ElasticAddress.get_filter_value = _eip_get_filter_value
     _ORIG["eni_filter"] = NetworkInterface.get_filter_value
     NetworkInterface.get_filter_value = _eni_get_filter_value
+    _ORIG["r53_change"] = Route53Backend.change_resource_record_sets
+    Route53Backend.change_resource_record_sets = _change_resource_record_sets
     _APPLIED = True
