@@ -119,10 +119,11 @@ class Ec2:
         self._lock = threading.Lock()
         self._clients = clients
         self._services: Dict[str, "Ec2"] = {}
+        self._making = threading.Lock()  # not self._lock: calls go on while a client is made
 
     def for_service(self, service: str) -> "Ec2":
         """The same deadline, supersession check and call tally, for ``service`` (e.g. route53)."""
-        with self._lock:
+        with self._making:
             if service not in self._services:
                 if self._clients is None:
                     raise AwsError(f"creating the {service} client", "NoClient",

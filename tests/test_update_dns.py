@@ -315,6 +315,9 @@ def test_missing_zone(routers, run_tool):
     proc = run_tool(r1, "validate", "--permissions", config=config)
     assert proc.returncode == 1 and "No hosted zone found with ID: ZNOSUCHZONE0123" in proc.stdout
     assert "hosted zone above does not exist" in proc.stdout
+    proc = run_tool(r1, "validate", "--permissions", config=cfg(dns(aws.topology.zone_id, "vip.elsewhere.test")))
+    assert proc.returncode == 1 and "is not permitted in zone lab.internal." in proc.stdout, proc.stdout
+    assert aws.dns_values("vip") is None
 
 
 def test_route53_throttling_is_retried(routers, run_tool, fault_proxy):
@@ -418,3 +421,15 @@ def test_batches_and_the_group_rule():
     assert problems == []
     actions[4].check_group(actions[2:], "groups.G.update-dns[3]", problems)
     assert problems and problems[0].startswith("groups.G.update-dns[3].value: 10.0.1.5 is not an address")
+
+
+def test_no_route53_client_without_update_dns(routers, run_tool):
+    """The Route 53 client is made only when a group has an update-dns action."""
+    aws, topo, r1 = routers.cloud, routers.topology, routers.r1
+    for args in (["-vv", "master", "VI_1"], ["-vv", "status", "ha-notification"], ["-vv", "check"]):
+        proc = run_tool(r1, *args, config=cfg(assign()))
+        assert proc.returncode == 0 and "route53 client" not in proc.stderr, proc.stderr
+    assert not [c for c in aws.calls() if c.service == "route53"]
+    proc = run_tool(r1, "-vv", "check", config=cfg(assign(), dns(topo.zone_id)))
+    assert proc.returncode == 1 and "(route53 client)" in proc.stderr  # MASTER, the record not written yet
+    assert aws.count_actions()["ListResourceRecordSets"] == 1

@@ -235,6 +235,8 @@ class UpdateDns(Action):
                 return Probe(False, f"DENIED: {exc.code}: {exc.message}")
             if exc.code == "NoSuchHostedZone":
                 return Probe(False, f"FAILED: {exc.message}", unresolved=True)
+            if "not permitted in zone" in exc.message:  # allowed, but the name is not in that zone
+                return Probe(False, f"FAILED: {exc.message}", unresolved=True)
             if exc.code in ("InvalidChangeBatch", "InvalidInput"):
                 return Probe(True, f"allowed (an UPSERT of a value that is no address was refused after the "
                                    f"IAM check: {exc.code})")

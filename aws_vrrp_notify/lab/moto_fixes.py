@@ -28,8 +28,8 @@ What is fixed (see TESTBED.md section 1.4 for the observed moto behaviour):
   several values in one address filter, moto's matcher needs them all to be on
   the ENI (EC2 matches any); use one value per call.
 * Route 53 ``ChangeResourceRecordSets`` refuses an A or AAAA value that is not an
-  IPv4 or IPv6 address (``InvalidChangeBatch``, after the zone is found), as Route 53
-  does; moto stored anything.
+  IPv4 or IPv6 address (``InvalidChangeBatch``, after the zone is found and every name
+  is checked to be in it), as Route 53 does; moto stored anything.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
 from moto.ec2.responses.route_tables import RouteTables
-from moto.route53.exceptions import Route53ClientError
+from moto.route53.exceptions import DnsNameInvalidForZone, Route53ClientError
 from moto.route53.models import Route53Backend
 
 __all__ = ["apply", "is_applied"]
@@ -221,11 +221,14 @@ def _eni_get_filter_value(self, filter_name, method_name=None):
 
 
 def _change_resource_record_sets(self, zoneid, change_list):
-    from .route53_api import bad_value
+    from .route53_api import bad_value, record_name
 
-    self.get_hosted_zone(zoneid)  # NoSuchHostedZone first, as Route 53
+    zone = self.get_hosted_zone(zoneid)  # NoSuchHostedZone first, then the names, then the values
     for change in change_list:
         rrset = change.get("ResourceRecordSet") or {}
+        name = record_name(rrset.get("Name", ""))
+        if name != record_name(zone.name) and not name.endswith("." + record_name(zone.name)):
+            raise DnsNameInvalidForZone(name=rrset.get("Name", ""), zone_name=zone.name)
         if change.get("Action") not in ("CREATE", "UPSERT"):
             continue
         for record in rrset.get("ResourceRecords") or []:
