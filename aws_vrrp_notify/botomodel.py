@@ -1,4 +1,4 @@
-"""A trimmed botocore data directory: only the EC2 (and STS) operations this tool calls.
+"""A trimmed botocore data directory: only the EC2 (Route 53, STS) operations this tool calls.
 
 Loading botocore's full EC2 model (4.3 MB of JSON, 830 operations) and endpoints.json
 costs a process ~100 ms and ~60 MB more; the trimmed copy loads in a few ms. It is
@@ -26,15 +26,16 @@ from typing import Any, Dict, Iterable, Optional, Set
 
 from .logsetup import log
 
-def _ec2_operations() -> tuple:
-    """What the action types declare they write with, and the describe calls behind the reads."""
+def _operations(service: str) -> tuple:
+    """What the action types declare they write to ``service`` with, and the calls behind the reads."""
     from .actions import operations
-    from .ec2 import READ_OPERATIONS
+    from .ec2 import READ_OPERATIONS, read_service
 
-    return tuple(sorted(set(operations()) | set(READ_OPERATIONS.values())))
+    reads = {op for kind, op in READ_OPERATIONS.items() if read_service(kind) == service}
+    return tuple(sorted(set(operations(service)) | reads))
 
 
-OPERATIONS = {"ec2": _ec2_operations(), "sts": ("AssumeRole",)}
+OPERATIONS = {"ec2": _operations("ec2"), "route53": _operations("route53"), "sts": ("AssumeRole",)}
 GLOBAL_FILES = ("partitions", "sdk-default-configuration", "_retry")
 
 

@@ -41,16 +41,17 @@ class AwsSettings(Frozen):
     """[aws]; ``prepare``: backup/fault/stop resolve in the background what the next master needs."""
 
     __slots__ = ("region", "endpoint_url", "profile", "role_arn", "deadline", "prepare",
-                 "consistency_window", "reassert_interval")
+                 "consistency_window", "reassert_interval", "route53_endpoint_url")
 
     def __init__(self, region: Optional[str] = None, endpoint_url: Optional[str] = None,
                  profile: Optional[str] = None, role_arn: Optional[str] = None,
                  deadline: float = DEFAULT_DEADLINE, prepare: bool = True,
                  consistency_window: float = DEFAULT_CONSISTENCY_WINDOW,
-                 reassert_interval: float = DEFAULT_REASSERT_INTERVAL):
+                 reassert_interval: float = DEFAULT_REASSERT_INTERVAL,
+                 route53_endpoint_url: Optional[str] = None):
         self._set(region=region, endpoint_url=endpoint_url, profile=profile, role_arn=role_arn,
                   deadline=deadline, prepare=prepare, consistency_window=consistency_window,
-                  reassert_interval=reassert_interval)
+                  reassert_interval=reassert_interval, route53_endpoint_url=route53_endpoint_url)
 
 
 AWS_FIELDS = (
@@ -62,6 +63,7 @@ AWS_FIELDS = (
     Field("prepare", boolean, True),
     Field("consistency-window", consistency_window_seconds, DEFAULT_CONSISTENCY_WINDOW),
     Field("reassert-interval", reassert_interval_seconds, DEFAULT_REASSERT_INTERVAL),
+    Field("route53-endpoint-url", endpoint_url),
 )
 
 
@@ -126,6 +128,7 @@ def parse(data: Mapping[str, Any], path: str) -> Config:
             problems.append(f"{where}: expected a table of actions, got {type(body).__name__}")
             continue
         actions = []
+        placed = []  # (key path, action)
         problems_before = len(problems)
         for key, entries in body.items():
             cls = ACTION_TYPES.get(key)
@@ -150,6 +153,9 @@ def parse(data: Mapping[str, Any], path: str) -> Config:
                 else:
                     owners[ident] = at
                 actions.append(action)
+                placed.append((at, action))
+        for at, action in placed:
+            action.check_group(actions, at, problems)
         if not actions and len(problems) == problems_before:
             problems.append(f"{where}: group has no action")
         groups[name] = Group(name=name, actions=tuple(actions))

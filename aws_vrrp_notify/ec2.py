@@ -1,7 +1,9 @@
-"""EC2 client construction, calls with retries under a deadline, and batched reads.
+"""AWS client construction (EC2, and Route 53 when a group needs it), calls with retries
+under a deadline, and batched reads.
 
 botocore is the only AWS client. It is imported lazily, only by the commands that talk to
-EC2, and loads the trimmed model of botomodel.py when one is cached. Retries are ours, not
+AWS, and loads the trimmed model of botomodel.py when one is cached. A client of another
+service than EC2 is made on first use (Ec2.for_service), with the same settings. Retries are ours, not
 botocore's: every attempt is checked against the transition's deadline and against
 supersession, and the attempt count is reported when it fails. A problem in the client's
 own set-up (a missing profile, an unreadable CA bundle, ...) fails at once: no retry helps.
@@ -102,15 +104,35 @@ def backoff(attempt: int, throttled: bool = False) -> float:
 
 
 class Ec2:
-    """A botocore EC2 client bound to a deadline and an optional supersession check."""
+    """A botocore EC2 client bound to a deadline and an optional supersession check.
+
+    ``clients(service)`` makes the botocore client of another service (plan.other_clients);
+    for_service wraps it the same way, once, on first use."""
 
     def __init__(self, client: Any, deadline: Deadline,
-                 still_current: Optional[Callable[[], bool]] = None):
+                 still_current: Optional[Callable[[], bool]] = None,
+                 clients: Optional[Callable[[str], Any]] = None):
         self.client = client
         self.deadline = deadline
         self.still_current = still_current or (lambda: True)
         self.throttled = 0  # throttled answers received
         self._lock = threading.Lock()
+        self._clients = clients
+        self._services: Dict[str, "Ec2"] = {}
+        self._making = threading.Lock()  # not self._lock: calls go on while a client is made
+
+    def for_service(self, service: str) -> "Ec2":
+        """The same deadline, supersession check and call tally, for ``service`` (e.g. route53)."""
+        with self._making:
+            if service not in self._services:
+                if self._clients is None:
+                    raise AwsError(f"creating the {service} client", "NoClient",
+                                   f"no {service} client can be made here", 0)
+                other = Ec2(self._clients(service), self.deadline, self.still_current)
+                other.calls = self.calls
+                other._lock = self._lock
+                self._services[service] = other
+            return self._services[service]
 
     def call(self, operation: str, write: bool = False, **params: Any) -> Dict[str, Any]:
         """Call ``operation`` (botocore snake_case name), retrying transient errors until the deadline.
@@ -223,12 +245,23 @@ def client_timeouts(deadline: Deadline) -> Tuple[float, float]:
     return min(CONNECT_TIMEOUT, max(0.5, budget / 4)), min(READ_TIMEOUT, max(1.0, budget / 3))
 
 
-CREATE_CLIENT = "creating the EC2 client"
+# The [aws] key naming each service's endpoint (botocore's AWS_ENDPOINT_URL_<SERVICE> otherwise).
+ENDPOINT_SETTINGS = {"ec2": "endpoint_url", "route53": "route53_endpoint_url"}
+# Global services: one endpoint per partition, signed for the region botocore's endpoint
+# data gives it (us-east-1 in the aws partition), whatever the instance's region.
+GLOBAL_SERVICES = frozenset({"route53"})
+SERVICE_LABELS = {"ec2": "EC2", "route53": "Route 53"}
 
 
-def make_client(settings: AwsSettings, region: str, deadline: Deadline, store: Any = None) -> Any:
-    """botocore's EC2 client, from the trimmed model cached for ``store`` (botomodel.cache_root)
-    when there is one. Raises AwsError at once when the client cannot be set up."""
+def creating(service: str) -> str:
+    return f"creating the {SERVICE_LABELS.get(service, service)} client"
+
+
+def make_client(settings: AwsSettings, region: str, deadline: Deadline, store: Any = None,
+                service: str = "ec2") -> Any:
+    """botocore's client of ``service`` (EC2 by default), from the trimmed model cached for
+    ``store`` (botomodel.cache_root) when there is one. Raises AwsError at once when the
+    client cannot be set up."""
     import gc
 
     collecting = gc.isenabled()  # keepalived's one-shot calls run without the cyclic GC (__main__.py)
@@ -237,16 +270,16 @@ def make_client(settings: AwsSettings, region: str, deadline: Deadline, store: A
         from botocore.exceptions import BotoCoreError
 
         try:
-            return _botocore_client(settings, region, deadline, store)
+            return _botocore_client(settings, region, deadline, store, service)
         except BotoCoreError as exc:  # a missing profile, bad shared config, ...: an error, not a crash
-            raise AwsError(CREATE_CLIENT, type(exc).__name__, str(exc), 0) from exc
+            raise AwsError(creating(service), type(exc).__name__, str(exc), 0) from exc
     finally:
         if collecting:
             gc.freeze()  # a long-running reader (fifo) never walks botocore's objects again
             gc.enable()
 
 
-def _botocore_client(settings: AwsSettings, region: str, deadline: Deadline, store: Any) -> Any:
+def _botocore_client(settings: AwsSettings, region: str, deadline: Deadline, store: Any, service: str) -> Any:
     from json import JSONDecodeError
 
     from botocore.exceptions import DataNotFoundError, UnknownServiceError
@@ -257,17 +290,28 @@ def _botocore_client(settings: AwsSettings, region: str, deadline: Deadline, sto
     trimmed = botomodel.loader(root) if root else None
     if trimmed is not None:
         try:
-            client = _make_client(settings, region, deadline, trimmed)
-            log.debug("botocore model: the trimmed copy in %s", root)
+            client = _make_client(settings, region, deadline, trimmed, service)
+            log.debug("botocore model: the trimmed copy in %s (%s client)", root, service)
             return client
         except (DataNotFoundError, UnknownServiceError, KeyError, JSONDecodeError, UnicodeDecodeError) as exc:
             log.debug("trimmed botocore model in %s unusable (%s); using botocore's own", root, exc)
             botomodel.discard(root)
-    log.debug("botocore model: botocore's full data (no usable trimmed copy cached)")
-    return _make_client(settings, region, deadline, None)
+    log.debug("botocore model: botocore's full data (no usable trimmed copy cached) (%s client)", service)
+    return _make_client(settings, region, deadline, None, service)
 
 
-def _check_ca_bundle(session: Any) -> None:
+def _global_region(session: Any, service: str, region: str) -> str:
+    """The region botocore's endpoint data signs a global service for from ``region``'s
+    partition (route53: us-east-1, cn-northwest-1, us-gov-west-1, ...): also right behind a
+    custom endpoint, where botocore would sign for the instance's region."""
+    from botocore.regions import EndpointResolver
+
+    endpoint = EndpointResolver(session.get_component("data_loader").load_data("endpoints")) \
+        .construct_endpoint(service, region)
+    return ((endpoint or {}).get("credentialScope") or {}).get("region") or region
+
+
+def _check_ca_bundle(session: Any, service: str) -> None:
     """A CA bundle that cannot serve is a configuration error, reported before any call
     (botocore would only fail at the first HTTPS connection, and every retry the same)."""
     path = session.get_config_variable("ca_bundle")
@@ -278,23 +322,26 @@ def _check_ca_bundle(session: Any) -> None:
     where = f"CA bundle {path} (AWS_CA_BUNDLE or the profile's ca_bundle)"
     if not os.path.isfile(path):
         problem = "does not exist" if not os.path.exists(path) else "is not a regular file"
-        raise AwsError(CREATE_CLIENT, "InvalidCABundle", f"{where} {problem}", 0)
+        raise AwsError(creating(service), "InvalidCABundle", f"{where} {problem}", 0)
     try:
         ssl.create_default_context(cafile=path)
     except OSError as exc:  # ssl.SSLError included
         reason = str(exc).split(" (_ssl.c:")[0]
-        raise AwsError(CREATE_CLIENT, "InvalidCABundle", f"{where} cannot be used: {reason}", 0) from None
+        raise AwsError(creating(service), "InvalidCABundle", f"{where} cannot be used: {reason}", 0) from None
 
 
-def _make_client(settings: AwsSettings, region: str, deadline: Deadline, data_loader: Any) -> Any:
+def _make_client(settings: AwsSettings, region: str, deadline: Deadline, data_loader: Any,
+                 service: str = "ec2") -> Any:
     from botocore.config import Config
 
     session = _session(settings)
     if data_loader is not None:
         session.register_component("data_loader", data_loader)
-    _check_ca_bundle(session)
+    _check_ca_bundle(session, service)
     if settings.role_arn:
         _assume_role(session, settings, region, data_loader)
+    if service in GLOBAL_SERVICES:
+        region = _global_region(session, service, region)
     connect_timeout, read_timeout = client_timeouts(deadline)
     config = Config(
         region_name=region,
@@ -305,9 +352,10 @@ def _make_client(settings: AwsSettings, region: str, deadline: Deadline, data_lo
         user_agent_extra="aws-vrrp-notify",
     )
     kwargs: Dict[str, Any] = {"config": config}
-    if settings.endpoint_url:
-        kwargs["endpoint_url"] = settings.endpoint_url
-    return session.create_client("ec2", **kwargs)
+    endpoint_url = getattr(settings, ENDPOINT_SETTINGS.get(service, ""), None)
+    if endpoint_url:
+        kwargs["endpoint_url"] = endpoint_url
+    return session.create_client(service, **kwargs)
 
 
 # ---------------------------------------------------------------- batched reads
@@ -321,6 +369,8 @@ class Snapshot:
         self.route_tables: List[Dict[str, Any]] = []
         self.subnets: List[Dict[str, Any]] = []
         self.addresses: List[Dict[str, Any]] = []
+        # (hosted zone id, name, type) -> the record set, None when it does not exist
+        self.records: Dict[Tuple[str, str, str], Optional[Dict[str, Any]]] = {}
 
     def route_table(self, rtb_id: str) -> Optional[Dict[str, Any]]:
         return next((t for t in self.route_tables if t["RouteTableId"] == rtb_id), None)
@@ -350,6 +400,21 @@ class Snapshot:
                 return eni_id
         return None
 
+    def holder_of_address(self, address: str) -> Optional[str]:
+        """The ENI that holds ``address``: one of its private IPv4 or IPv6 addresses, or a
+        public IPv4 associated with it (needs "enis", and "addresses" for Elastic IPs)."""
+        import ipaddress
+
+        wanted = str(ipaddress.ip_address(address))
+        for eni_id, eni in self.enis.items():
+            for private in eni.get("PrivateIpAddresses", []):
+                if wanted in (private.get("PrivateIpAddress"), (private.get("Association") or {}).get("PublicIp")):
+                    return eni_id
+            if any(_same_ipv6(a.get("Ipv6Address"), wanted) for a in eni.get("Ipv6Addresses", [])):
+                return eni_id
+        return next((a.get("NetworkInterfaceId") for a in self.addresses
+                     if a.get("PublicIp") == wanted and a.get("NetworkInterfaceId")), None)
+
     def address(self, allocation_id: Optional[str], public_ip: Optional[str]) -> Optional[Dict[str, Any]]:
         for addr in self.addresses:
             if allocation_id and addr.get("AllocationId") == allocation_id:
@@ -359,15 +424,30 @@ class Snapshot:
         return None
 
 
-READ_KINDS = ("enis", "route_tables", "subnets", "addresses")
-# The describe call behind each snapshot kind (EC2 API names; the IAM actions are ec2:<name>).
+def _same_ipv6(found: Optional[str], wanted: str) -> bool:
+    import ipaddress
+
+    return bool(found) and ":" in wanted and str(ipaddress.ip_address(found)) == wanted
+
+
+READ_KINDS = ("enis", "route_tables", "subnets", "addresses", "records")
+# The call behind each snapshot kind (API names; the IAM actions are <service>:<name>, the
+# service being EC2 unless READ_SERVICES says otherwise).
 READ_OPERATIONS = {"enis": "DescribeNetworkInterfaces", "route_tables": "DescribeRouteTables",
-                   "subnets": "DescribeSubnets", "addresses": "DescribeAddresses"}
+                   "subnets": "DescribeSubnets", "addresses": "DescribeAddresses",
+                   "records": "ListResourceRecordSets"}
+READ_SERVICES = {"records": "route53"}
 
 
-def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], vpc_ids: Sequence[str] = ()) -> Snapshot:
+def read_service(kind: str) -> str:
+    return READ_SERVICES.get(kind, "ec2")
+
+
+def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], vpc_ids: Sequence[str] = (),
+                   keys: Optional[Dict[str, Sequence[Any]]] = None) -> Snapshot:
     """Fetch the requested kinds concurrently; the number of calls never depends on the
-    number of groups or actions."""
+    number of groups or actions. ``keys``: what a kind reads beyond the VPCs
+    (actions.read_keys; "records": (hosted zone, name, type) tuples)."""
     from concurrent.futures import ThreadPoolExecutor
 
     vpcs = sorted(set(vpc_ids))
@@ -393,7 +473,15 @@ def fetch_snapshot(ec2: Ec2, kinds: Iterable[str], vpc_ids: Sequence[str] = ()) 
     def addresses() -> None:
         snapshot.addresses = ec2.call("describe_addresses").get("Addresses", [])
 
-    jobs = {"enis": enis, "route_tables": route_tables, "subnets": subnets, "addresses": addresses}
+    def records() -> None:
+        wanted = (keys or {}).get("records", ())
+        if wanted:
+            from .route53 import read_records
+
+            snapshot.records = read_records(ec2.for_service("route53"), wanted)
+
+    jobs = {"enis": enis, "route_tables": route_tables, "subnets": subnets, "addresses": addresses,
+            "records": records}
     wanted = [jobs[k] for k in READ_KINDS if k in set(kinds)]
     if len(wanted) == 1:
         wanted[0]()

@@ -2,6 +2,9 @@
 
 EC2 DryRun is used where the API has it (ReplaceRoute, CreateRoute, AssociateAddress and
 the describe calls): DryRunOperation means allowed, UnauthorizedOperation means denied.
+Route 53 has no DryRun: its read (ListResourceRecordSets) is proved by reading, and
+ChangeResourceRecordSets by an UPSERT Route 53 refuses after the IAM check
+(actions/update_dns.py).
 AssignPrivateIpAddresses has no DryRun: it is proved with a no-op request, re-assigning
 to the ENI an address it already holds (the virtual IP when this instance holds it, else
 the ENI's primary address, which EC2 refuses with a parameter error *after* the IAM check).
@@ -23,12 +26,12 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from . import EXIT_FAILED, EXIT_OK
-from .actions import Action, LocalEni, ResolveError, reads_for
+from .actions import Action, LocalEni, ResolveError, read_keys, reads_for
 from .config import Config, key_text
 from .deadline import Deadline
-from .ec2 import READ_KINDS, AwsError, Ec2, Snapshot, fetch_snapshot
+from .ec2 import READ_KINDS, READ_OPERATIONS, AwsError, Ec2, Snapshot, fetch_snapshot, read_service
 from .imds import ImdsClient, ImdsError
-from .plan import PlanError, ec2_client, local_eni
+from .plan import PlanError, ec2_client, local_eni, other_clients
 
 DENIED = frozenset({"UnauthorizedOperation", "AuthFailure", "AccessDenied", "AccessDeniedException",
                     "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"})
@@ -101,20 +104,29 @@ class Prober:
         return f" (was {holder})" if holder and holder != target["eni"] else ""
 
 
-def _read(ec2: Ec2, prober: Prober, kinds: List[str], vpc_ids: List[str],
+def _read(ec2: Ec2, prober: Prober, kinds: List[str], vpc_ids: List[str], keys: Dict[str, Any],
           lines: List[str]) -> Tuple[Snapshot, Dict[str, str]]:
-    """Probe and read each kind on its own: the snapshot, and {kind: the describe call that failed}."""
+    """Probe and read each kind on its own: the snapshot, and {kind: the call that failed}.
+
+    An EC2 describe call is probed with DryRun first; another service's read (Route 53's
+    ListResourceRecordSets, which has no DryRun) is proved by reading."""
     snap, missing = Snapshot(), {}
     for kind in kinds:
-        name = f"ec2:{prober.api_name(DESCRIBE_CALLS[kind])}"
-        probe = prober.dry_run(DESCRIBE_CALLS[kind])
-        lines.append(f"{name}: {probe.text}")
-        if probe.ok:
-            try:
-                setattr(snap, kind, getattr(fetch_snapshot(ec2, [kind], vpc_ids), kind))
+        service = read_service(kind)
+        name = f"{service}:{READ_OPERATIONS[kind]}"
+        if service == "ec2":
+            probe = prober.dry_run(DESCRIBE_CALLS[kind])
+            lines.append(f"{name}: {probe.text}")
+            if not probe.ok:
+                missing[kind] = name
                 continue
-            except AwsError as exc:
-                lines.append(f"{name}: FAILED: {exc}")
+        try:
+            setattr(snap, kind, getattr(fetch_snapshot(ec2, [kind], vpc_ids, keys), kind))
+            if service != "ec2":
+                lines.append(f"{name}: allowed (read)")
+            continue
+        except AwsError as exc:
+            lines.append(f"{name}: {'DENIED' if exc.code in DENIED else 'FAILED'}: {exc}")
         missing[kind] = name
     return snap, missing
 
@@ -167,7 +179,8 @@ def _check_permissions(config: Config, opts: Any) -> int:
         if not imds.available():
             print("cannot prove permissions: not running on AWS (no instance metadata service)")
             return EXIT_FAILED
-        ec2 = Ec2(ec2_client(config, imds, store, deadline), deadline)
+        ec2 = Ec2(ec2_client(config, imds, store, deadline), deadline,
+                  clients=other_clients(config, imds, store, deadline))
         prober = Prober(ec2, imds)
         entries = []
         for where, action in _key_paths(config):
@@ -178,7 +191,7 @@ def _check_permissions(config: Config, opts: Any) -> int:
                 unresolved = True
         wanted = set(reads_for([a for _, a, _ in entries], "resolve", "observe")) | {"enis"}
         snap, missing = _read(ec2, prober, [k for k in READ_KINDS if k in wanted],
-                              [l.vpc_id for _, _, l in entries], lines)
+                              [l.vpc_id for _, _, l in entries], read_keys([a for _, a, _ in entries]), lines)
         failed |= bool(missing)
         for where, action, local in entries:
             probe = _action_line(prober, action, local, snap, missing)
@@ -198,8 +211,8 @@ def _check_permissions(config: Config, opts: Any) -> int:
     if failed:
         print(f"some permissions are missing or could not be proved: {POLICY_HINT}")
     if unresolved:
-        print("some actions could not be checked: an interface, VRF, subnet, route table or Elastic IP "
-              "above does not exist or cannot be reached (not a permission problem)")
+        print("some actions could not be checked: an interface, VRF, subnet, route table, Elastic IP or "
+              "hosted zone above does not exist or cannot be reached (not a permission problem)")
     if failed or unresolved:
         return EXIT_FAILED
     print(f"every configured action is permitted ({POLICY_HINT})")

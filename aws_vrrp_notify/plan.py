@@ -131,6 +131,17 @@ def ec2_client(config: Any, imds: ImdsClient, store: StateStore, deadline: Deadl
     return make_client(config.aws, region, deadline, store)
 
 
+def other_clients(config: Any, imds: ImdsClient, store: Optional[StateStore], deadline: Deadline):
+    """What makes the client of another service than EC2 (Route 53) when it is first needed
+    (Ec2.for_service): same settings, region and deadline; a group without such an action
+    never makes one."""
+
+    def make(service: str) -> Any:
+        return make_client(config.aws, region_of(imds, store, config.aws.region), deadline, store, service)
+
+    return make
+
+
 def fingerprint(actions: Sequence[Action], locals_: Sequence[Optional[LocalEni]]) -> str:
     text = json.dumps([[a.describe(), l and l.mac, l and l.eni_id] for a, l in zip(actions, locals_)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]

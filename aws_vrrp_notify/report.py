@@ -17,7 +17,7 @@ from .deadline import Deadline
 from .ec2 import AwsError, Ec2
 from .imds import ImdsClient, ImdsError, dmi_says_ec2
 from .observe import observe_actions
-from .plan import PlanError, ec2_client, local_eni
+from .plan import PlanError, ec2_client, local_eni, other_clients
 from .state import StateStore, write_atomic
 
 
@@ -124,7 +124,8 @@ def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline
     if not pending:
         return reports
     try:
-        ec2 = Ec2(client or ec2_client(config, imds, store, deadline), deadline)
+        ec2 = Ec2(client or ec2_client(config, imds, store, deadline), deadline,
+                  clients=other_clients(config, imds, store, deadline))
         _, seen = observe_actions(ec2, [entry.action for entry, _ in pending], [local for _, local in pending])
     except (AwsError, PlanError, ImdsError) as exc:
         for report in reports:

@@ -156,6 +156,63 @@ def tag_pair(value: Any) -> str:
     return text
 
 
+def ip_address(value: Any) -> str:
+    """An IPv4 or IPv6 address, normalised (2001:DB8::0001 -> 2001:db8::1)."""
+    text = _string(value)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{_describe(text)} is not an IPv4 or IPv6 address") from None
+
+
+_ZONE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+
+
+def hosted_zone_id(value: Any) -> str:
+    """A Route 53 hosted zone id (Z0123456789ABCDEFGHIJ); "/hostedzone/" before it is dropped."""
+    text = _string(value)
+    zone = text[len("/hostedzone/"):] if text.startswith("/hostedzone/") else text
+    if not (1 <= len(zone) <= 32 and set(zone) <= _ZONE_CHARS):
+        raise ValueError(f"{_describe(text)} is not a Route 53 hosted zone id (upper-case letters and "
+                         "digits, e.g. Z0123456789ABCDEFGHIJ)")
+    return zone
+
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def dns_name(value: Any) -> str:
+    """A fully qualified DNS name, lower-case, without the final dot (a first label "*" is a
+    wildcard); international names in their ASCII (xn--) form."""
+    text = _string(value)
+    name = text.lower()[:-1] if text.endswith(".") else text.lower()
+    if not name.isascii():
+        raise ValueError(f"{_describe(text)} is not ASCII: write an international name in its "
+                         "xn-- form (punycode)")
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2:
+        raise ValueError(f"{_describe(text)} is not a fully qualified DNS name (at least two labels, "
+                         "at most 253 characters)")
+    for i, label in enumerate(labels):
+        if label == "*" and i == 0:
+            continue
+        if not 1 <= len(label) <= 63 or not set(label) <= _LABEL_CHARS:
+            raise ValueError(f"{_describe(text)} has an invalid label {_describe(label)} (1 to 63 letters, "
+                             "digits, - or _)")
+    return name
+
+
+MAX_TTL = 2147483647  # Route 53's largest TTL
+
+
+def ttl_seconds(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number of seconds, got {type(value).__name__} {_describe(value)}")
+    if not 0 <= value <= MAX_TTL:
+        raise ValueError(f"{value} is out of range (0 to {MAX_TTL} seconds)")
+    return value
+
+
 _IFNAME_MAX = 15  # IFNAMSIZ - 1
 
 

@@ -34,14 +34,14 @@ from collections import namedtuple
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import EXIT_FAILED, EXIT_OK
-from .actions import Observation, ResolveError, held_by
+from .actions import Observation, ResolveError, batches, held_by
 from .config import Config, Group
 from .deadline import Deadline, DeadlineExceeded
 from .ec2 import AwsError, Ec2, Superseded, fetch_snapshot
 from .imds import ImdsClient, ImdsError, dmi_says_ec2
 from .observe import observe_actions
 from .actions import STALE_CODES
-from .plan import (Plan, PlanError, drop_cached_targets, ec2_client, load_cached_targets,
+from .plan import (Plan, PlanError, drop_cached_targets, ec2_client, load_cached_targets, other_clients,
                    resolve_locals, resolve_targets, save_targets)
 from .botomodel import keep_trimmed_model
 from .state import StateStore
@@ -175,19 +175,25 @@ class MasterRun:
             client = self.warm.client_for(self)
         else:
             client = ec2_client(self.config, self.imds, self.store, self.deadline)
-        self.ec2 = Ec2(client, self.deadline, self.still_current)
+        self.ec2 = Ec2(client, self.deadline, self.still_current,
+                       clients=other_clients(self.config, self.imds, self.store, self.deadline))
         log.debug("EC2 client ready")
         if not load_cached_targets(self.store, self.group.name, self.plan):
             resolve_targets(self.ec2, self.plan)
             save_targets(self.store, self.group.name, self.plan)
 
-    def apply_one(self, index: int) -> str:
+    def apply_unit(self, unit: List[int]) -> str:
+        """Write one action, or several with one call of their type's apply_batch (actions.batches)."""
         assert self.plan is not None and self.ec2 is not None
-        action, target = self.plan.actions[index], self.plan.targets[index]
         start = time.monotonic()
         try:
-            detail = self._apply_resolving_stale(index, action, target)
-            self.ledger.wrote(index)
+            if len(unit) == 1:
+                detail = self._apply_resolving_stale(unit[0], self.plan.actions[unit[0]], self.plan.targets[unit[0]])
+            else:
+                items = [(self.plan.actions[i], self.plan.targets[i]) for i in unit]
+                detail = type(items[0][0]).apply_batch(self.ec2, items)
+            for i in unit:
+                self.ledger.wrote(i)
             return detail
         finally:
             with self._lock:
@@ -211,21 +217,23 @@ class MasterRun:
         return action.apply(self.ec2, target)
 
     def apply_all(self, indexes: Sequence[int]) -> Dict[int, Future]:
-        """Apply the given actions concurrently, each after the actions it depends on."""
+        """Apply the given actions concurrently, each after the actions it depends on; actions
+        written with one call (actions.batches) share its future."""
         assert self.plan is not None
         actions = self.plan.actions
         futures: Dict[int, Future] = {}
         pool = ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_WRITES, len(indexes))),
                                   thread_name_prefix="apply")
 
-        def run(i: int, deps: List[Future]) -> str:
+        def run(unit: List[int], deps: List[Future]) -> str:
             for dep in deps:
                 dep.exception()  # wait; a failed dependency does not stop this one
-            return self.apply_one(i)
+            return self.apply_unit(unit)
 
-        for i in dependency_order(actions, indexes):
-            deps = [futures[j] for j in futures if actions[i].depends_on(actions[j])]
-            futures[i] = pool.submit(run, i, deps)
+        for unit in batches(actions, self.plan.targets, dependency_order(actions, indexes)):
+            deps = [futures[j] for j in futures if any(actions[i].depends_on(actions[j]) for i in unit)]
+            future = pool.submit(run, unit, deps)
+            futures.update(dict.fromkeys(unit, future))
         pool.shutdown(wait=False)
         return futures
 

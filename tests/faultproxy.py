@@ -31,6 +31,12 @@ IMDS) from this process.  Fault kinds:
   not know)
 * ``ignore-dryrun``: the request is forwarded without its ``DryRun`` parameter,
   as an endpoint that ignores DryRun would carry it out
+* ``prior-request``: Route 53's ``PriorRequestNotComplete`` (HTTP 400)
+
+Route 53 requests (REST, under ``/2013-04-01/``) are named by their API action
+(``ChangeResourceRecordSets``, ...; aws_vrrp_notify/lab/route53_api.py) and get Route 53's
+error documents: ``throttle`` is ``Throttling`` (HTTP 400), ``denied`` is ``AccessDenied``
+(HTTP 403) naming the hosted zone.
 
 A rule applies to requests that match it (``actions``: EC2 Action names;
 ``paths``: path prefixes; ``methods``); it fires for the first ``first``
@@ -59,7 +65,8 @@ from aws_vrrp_notify.lab.ec2_xml import error_body as ec2_error_body
 
 __all__ = ["FaultProxy", "Rule", "ec2_error_body", "denial_message", "KINDS", "DEFAULT_PRINCIPAL"]
 
-KINDS = ("throttle", "error500", "unavailable", "denied", "status", "reset", "delay", "drop", "ignore-dryrun")
+KINDS = ("throttle", "error500", "unavailable", "denied", "status", "reset", "delay", "drop", "ignore-dryrun",
+         "prior-request")
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
         "transfer-encoding", "upgrade", "content-length"}
@@ -70,6 +77,14 @@ _CANNED = {
     "error500": (500, "InternalError", "An internal error has occurred"),
     "unavailable": (503, "Unavailable", "The server is overloaded and can't handle the request."),
 }
+_CANNED_ROUTE53 = {
+    "throttle": (400, "Throttling", "Rate exceeded"),
+    "error500": (500, "InternalFailure", "An internal error has occurred"),
+    "unavailable": (503, "ServiceUnavailable", "Service Unavailable"),
+    "prior-request": (400, "PriorRequestNotComplete",
+                      "The request was rejected because Route 53 was still processing a prior request."),
+}
+ROUTE53_PATH = "/2013-04-01/"
 
 DEFAULT_PRINCIPAL = "arn:aws:sts::123456789012:assumed-role/vrrp-failover/i-0123456789abcdef0"
 DEFAULT_REGION = "eu-west-3"
@@ -77,6 +92,13 @@ DEFAULT_REGION = "eu-west-3"
 _RESOURCE_PARAMS = (("RouteTableId", "route-table"), ("AllocationId", "elastic-ip"),
                     ("NetworkInterfaceId", "network-interface"), ("InstanceId", "instance"), ("SubnetId", "subnet"))
 _SCOPE_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
+
+
+def route53_denial_message(action: str, params: dict, principal: str = DEFAULT_PRINCIPAL) -> str:
+    """Route 53's AccessDenied text: who, which action, on which hosted zone."""
+    resource = f"arn:aws:route53:::hostedzone/{params.get('HostedZoneId', '*')}"
+    return (f"User: {principal} is not authorized to perform: route53:{action} on resource: {resource} "
+            f"because no identity-based policy allows the route53:{action} action")
 
 
 def denial_message(action: str, params: dict, principal: str = DEFAULT_PRINCIPAL, region: str = DEFAULT_REGION) -> str:
@@ -264,6 +286,12 @@ class FaultProxy:
                     path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
                     with proxy.lock:
                         proxy.forwarded += 1
+                route53 = action is None and path.startswith(ROUTE53_PATH)
+                if route53:
+                    from aws_vrrp_notify.lab.route53_api import parse_request
+
+                    bare, _, query = path.partition("?")
+                    action, params = parse_request(self.command, bare, query, body)
                 key = action or f"{self.command} {path.split('?', 1)[0]}"
                 fault = None
                 with proxy.lock:
@@ -277,6 +305,14 @@ class FaultProxy:
                 if fault is not None:
                     if fault.kind == "reset":
                         return self._reset()
+                    if route53 and (fault.kind == "denied" or fault.kind in _CANNED_ROUTE53):
+                        from aws_vrrp_notify.lab.route53_api import error_body
+
+                        if fault.kind == "denied":
+                            message = route53_denial_message(action or "Unknown", params, proxy.principal)
+                            return self._reply(403, error_body("AccessDenied", message))
+                        status, code, msg = _CANNED_ROUTE53[fault.kind]
+                        return self._reply(status, error_body(code, msg))
                     if fault.kind == "denied":
                         return self._reply(403, ec2_error_body("UnauthorizedOperation", self._denial(action, params)))
                     if fault.kind in _CANNED:

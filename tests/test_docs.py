@@ -271,7 +271,7 @@ def test_environment_variables_are_documented():
     env = read_page(MAN8)["ENVIRONMENT"].text()
     code = "\n".join(p.read_text() for p in (REPO / "aws_vrrp_notify").glob("*.py"))
     used = set(re.findall(r"""["'](AWS_[A-Z0-9_]+)["']""", code))
-    used |= {"AWS_ENDPOINT_URL_EC2"}  # honoured by botocore (SPEC)
+    used |= {"AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_ROUTE_53"}  # honoured by botocore (SPEC)
     missing = sorted(v for v in used if v not in env)
     assert not missing, f"environment variables read by the code but not in ENVIRONMENT: {missing}"
 
@@ -561,12 +561,15 @@ def test_keepalived_accepts_example(conf, tmp_path):
 # =========================================================================== (d) IAM
 
 
-def ec2_operations_called() -> Set[str]:
-    """EC2 API names of every botocore operation name (snake_case literal) in the code."""
+SERVICES = ("ec2", "route53")  # the services the action types call (actions.services() and reads)
+
+
+def operations_called(service: str) -> Set[str]:
+    """API names of ``service`` of every botocore operation name (snake_case literal) in the code."""
     from botocore import xform_name
     from botocore.session import get_session
 
-    model = get_session().get_service_model("ec2")
+    model = get_session().get_service_model(service)
     by_snake = {xform_name(op): op for op in model.operation_names}
     found = set()
     for path in (REPO / "aws_vrrp_notify").rglob("*.py"):
@@ -589,26 +592,31 @@ def _policy_actions(policy: dict) -> Set[str]:
 IAM_FILES = sorted((CONTRIB / "iam").glob("*.json"))
 
 
-def declared_operations(cls=None) -> Set[str]:
-    """What the action types declare (OPERATIONS) plus the describe calls of the reads they
-    need; for one class, or for all of them."""
+def declared_operations(cls=None, service: str = "ec2") -> Set[str]:
+    """What the action types declare (OPERATIONS) plus the calls of the reads they need, of
+    ``service``; for one class, or for all of them."""
+    return {op for svc, op in declared_actions(cls) if svc == service}
+
+
+def declared_actions(cls=None) -> Set[Tuple[str, str]]:
+    """(service, API name) of everything the action types (one class, or all) call."""
     from aws_vrrp_notify.actions import ACTION_TYPES
-    from aws_vrrp_notify.ec2 import READ_OPERATIONS
+    from aws_vrrp_notify.ec2 import READ_OPERATIONS, read_service
 
     classes = [cls] if cls else list(ACTION_TYPES.values())
     ops = set()
     for c in classes:
-        ops |= set(c.OPERATIONS)
+        ops |= {(c.SERVICE, op) for op in c.OPERATIONS}
         probe = c.__new__(c)  # the read kinds may depend on values: ask with every key unset
         for f in c.FIELDS:
             object.__setattr__(probe, f.attr, f.default)
         for phase in ("resolve_reads", "observe_reads"):
             try:
-                ops |= {READ_OPERATIONS[k] for k in getattr(probe, phase)()}
+                ops |= {(read_service(k), READ_OPERATIONS[k]) for k in getattr(probe, phase)()}
             except (AttributeError, TypeError):
                 pass
     if cls is None:
-        ops |= set(READ_OPERATIONS.values())
+        ops |= {(read_service(k), op) for k, op in READ_OPERATIONS.items()}
     return ops
 
 
@@ -618,14 +626,17 @@ def per_type_policies():
     return {f"{name}.json": cls for name, cls in ACTION_TYPES.items()}
 
 
-def test_code_calls_exactly_the_declared_ec2_operations():
-    """Every EC2 call in the code is declared by an action type (or is a read), and the
-    trimmed botocore model holds exactly the declared ones."""
+@pytest.mark.parametrize("service", SERVICES)
+def test_code_calls_exactly_the_declared_operations(service):
+    """Every EC2 or Route 53 call in the code is declared by an action type (or is a read),
+    and the trimmed botocore model holds exactly the declared ones."""
+    from aws_vrrp_notify.actions import services
     from aws_vrrp_notify.botomodel import OPERATIONS
 
-    called = ec2_operations_called()
-    assert called <= declared_operations(), sorted(called - declared_operations())
-    assert set(OPERATIONS["ec2"]) == declared_operations()
+    called = operations_called(service)
+    assert called <= declared_operations(service=service), sorted(called - declared_operations(service=service))
+    assert set(OPERATIONS[service]) == declared_operations(service=service)
+    assert set(services()) <= set(SERVICES)
 
 
 @pytest.mark.parametrize("path", IAM_FILES, ids=lambda p: p.name)
@@ -640,12 +651,15 @@ def test_iam_policy_parses(path):
         if any(a.startswith("ec2:Describe") for a in actions):
             # Describe* has no resource-level permissions: "*" and no condition, or it never matches.
             assert statement.get("Resource") == "*" and "Condition" not in statement, statement
+        if any(a.startswith("route53:") for a in actions):
+            # Route 53 record calls act on a hosted zone: scoped to the zone, never "*"
+            assert statement["Resource"].startswith("arn:aws:route53:::hostedzone/Z"), statement
 
 
 def test_combined_policy_grants_exactly_what_the_code_calls():
     policy = json.loads((CONTRIB / "iam" / "aws-vrrp-notify-policy.json").read_text())
     granted = _policy_actions(policy)
-    needed = {f"ec2:{op}" for op in declared_operations()}
+    needed = {f"{service}:{op}" for service, op in declared_actions()}
     assert needed <= granted, f"missing from the combined policy: {sorted(needed - granted)}"
     assert granted <= needed, f"granted but never called (least privilege): {sorted(granted - needed)}"
 
@@ -661,10 +675,10 @@ def test_restricted_policy_grants_the_same_actions():
 def test_per_action_policy(name):
     """contrib/iam has a policy per action type, granting what the type declares."""
     granted = _policy_actions(json.loads((CONTRIB / "iam" / name).read_text()))
-    assert {f"ec2:{op}" for op in declared_operations(per_type_policies()[name])} <= granted
+    assert {f"{service}:{op}" for service, op in declared_actions(per_type_policies()[name])} <= granted
     # validate --permissions reads the ENIs for every configuration
     assert "ec2:DescribeNetworkInterfaces" in granted
-    assert all(a.startswith("ec2:") for a in granted)
+    assert all(a.split(":")[0] in SERVICES for a in granted)
 
 
 # =========================================================================== cron, systemd, Prometheus

@@ -591,11 +591,12 @@ def test_run_tool_plumbing(routers, run_tool, tmp_path):
     assert out["cfg_mode"] == "0o600" and out["cfg"] == "[groups.VI_1]\n"
     assert os.path.isdir(out["argv"][3])
     env = out["env"]
-    assert env["AWS_ENDPOINT_URL_EC2"] == r1.moto_url
+    assert env["AWS_ENDPOINT_URL_EC2"] == env["AWS_ENDPOINT_URL_ROUTE_53"] == r1.moto_url
     assert env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] == r1.imds_url
     assert env["AWS_ACCESS_KEY_ID"] == "testing" and env["AWS_SHARED_CREDENTIALS_FILE"] == "/dev/null"
     assert "AWS_CONFIG_FILE" not in env
-    assert set(env) <= {"PATH", "AWS_ENDPOINT_URL_EC2", "AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_ACCESS_KEY_ID",
+    assert set(env) <= {"PATH", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_ROUTE_53", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                        "AWS_ACCESS_KEY_ID",
                         "AWS_SECRET_ACCESS_KEY", "AWS_SHARED_CREDENTIALS_FILE", "RC", "LC_CTYPE",
                         "AWS_VRRP_NOTIFY_CACHE_DIR"}
     procs = [run_tool.popen(r, "status", tool=[sys.executable, str(echo)]) for r in routers]

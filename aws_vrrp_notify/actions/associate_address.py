@@ -41,6 +41,10 @@ class AssociateAddress(Action):
             text += f" private-ip {self.private_ip}"
         return f"{text} vrf {self.vrf}"
 
+    def moved_addresses(self) -> Tuple[str, ...]:
+        """The Elastic IP, when it is named by its address (an allocation id says nothing offline)."""
+        return (self.public_ip,) if self.public_ip else ()
+
     def depends_on(self, other: Action) -> bool:
         """An Elastic IP on a secondary address waits for the action that moves that address here."""
         return other.TYPE == "assign-private-ip" and self.private_ip == getattr(other, "ip", None)

@@ -4,12 +4,17 @@ An action type is one module in this package, declaring in one place:
 
 * ``TYPE`` and ``FIELDS``: its configuration keys and their validation (``check_values``
   for rules across keys);
-* ``OPERATIONS``: the EC2 API operations ``apply`` calls (the IAM actions are ``ec2:`` and
-  the same names; the trimmed botocore model and the IAM policies are checked against
-  them), and ``STALE_CODES``, the error codes that mean a cached target is out of date;
-* ``resolve_reads`` / ``observe_reads``: the snapshot kinds (batched describe calls) it needs;
+* ``OPERATIONS``: the API operations of ``SERVICE`` (``ec2`` unless said otherwise) that
+  ``apply`` calls (the IAM actions are ``<service>:`` and the same names; the trimmed
+  botocore model and the IAM policies are checked against them), and ``STALE_CODES``, the
+  error codes that mean a cached target is out of date;
+* ``resolve_reads`` / ``observe_reads``: the snapshot kinds (batched describe calls) it
+  needs, and ``read_keys`` what a kind must read for it beyond the VPC (a DNS record);
 * ``resolve``, ``apply``, ``observe``: find its AWS target, write it, and say whether AWS
-  points here now (and who holds it otherwise);
+  points here now (and who holds it otherwise); ``batch_key`` / ``apply_batch`` when
+  several actions of a group are written with one call (a Route 53 change batch);
+* ``moved_addresses`` and ``check_group``: what it moves, and rules about the other
+  actions of its group (checked with the configuration);
 * ``unconfirmed``: what the instance metadata service does not show yet (asynchronous
   changes), if anything;
 * ``probe``: how ``validate --permissions`` proves its IAM permissions without changing
@@ -66,6 +71,7 @@ class Action(Frozen):
 
     TYPE: ClassVar[str] = ""
     FIELDS: ClassVar[Tuple[Field, ...]] = ()
+    SERVICE: ClassVar[str] = "ec2"  # the AWS service of OPERATIONS (botocore's service name)
     OPERATIONS: ClassVar[Tuple[str, ...]] = ()
     STALE_CODES: ClassVar[frozenset] = frozenset({"InvalidNetworkInterfaceID.NotFound"})
     __slots__ = ("__dict__",)
@@ -115,6 +121,13 @@ class Action(Frozen):
                 out[f.key] = value
         return out
 
+    def check_group(self, group: Sequence["Action"], where: str, problems: List[str]) -> None:
+        """Rules about the other actions of the group (``group`` holds this one too)."""
+
+    def moved_addresses(self) -> Tuple[str, ...]:
+        """The IP addresses this action moves to its interface's ENI (as written)."""
+        return ()
+
     def depends_on(self, other: "Action") -> bool:
         """True when this action must wait for ``other`` (same group) to be applied."""
         return False
@@ -128,11 +141,25 @@ class Action(Frozen):
     def observe_reads(self) -> Tuple[str, ...]:
         return ()
 
+    def read_keys(self) -> Dict[str, Tuple[Any, ...]]:
+        """What a snapshot kind must read for this action beyond the VPCs: {kind: (key, ...)}."""
+        return {}
+
     def resolve(self, local: LocalEni, snap: Snapshot) -> Target:
         return {"eni": local.eni_id}
 
     def apply(self, ec2: Ec2, target: Target) -> str:
         raise NotImplementedError
+
+    def batch_key(self, target: Target) -> Optional[Tuple[Any, ...]]:
+        """None (the default): written alone with ``apply``. Actions of a group with the same
+        key are written together, with one ``apply_batch`` call of their class."""
+        return None
+
+    @classmethod
+    def apply_batch(cls, ec2: Ec2, items: Sequence[Tuple["Action", Target]]) -> str:
+        """Write several actions of this type at once (they share a ``batch_key``)."""
+        return "; ".join(action.apply(ec2, target) for action, target in items)
 
     def observe(self, snap: Snapshot, target: Target) -> Observation:
         raise NotImplementedError
@@ -157,6 +184,9 @@ class AddressAction(Action):
     def describe(self) -> str:
         return f"{self.TYPE} {self.ip} interface {self.interface} vrf {self.vrf}"
 
+    def moved_addresses(self) -> Tuple[str, ...]:
+        return (self.ip,)
+
     def observe_reads(self) -> Tuple[str, ...]:
         return ("enis",)
 
@@ -178,6 +208,33 @@ def exactly_one(values: Dict[str, Any], where: str, problems: List[str], *keys: 
 
 INTERFACE = Field("interface", interface_name, required=True)
 VRF = Field("vrf", vrf_name, MAIN_VRF)
+
+
+def read_keys(actions: Sequence[Action]) -> Dict[str, Tuple[Any, ...]]:
+    """What each snapshot kind must read for ``actions`` beyond the VPCs (sorted, no repeats)."""
+    keys: Dict[str, set] = {}
+    for action in actions:
+        for kind, values in action.read_keys().items():
+            keys.setdefault(kind, set()).update(values)
+    return {kind: tuple(sorted(values)) for kind, values in keys.items()}
+
+
+def batches(actions: Sequence[Action], targets: Sequence[Optional[Target]], indexes: Sequence[int]) -> List[List[int]]:
+    """``indexes`` in write units, one per ``apply`` or ``apply_batch`` call: actions of one
+    type with the same ``batch_key`` form one unit. Units keep the order of ``indexes``, a
+    batch at the place of its last member (so after whatever its members depend on)."""
+    placed: List[Tuple[int, List[int]]] = []
+    shared: Dict[Tuple[Any, ...], List[int]] = {}
+    last: Dict[Tuple[Any, ...], int] = {}
+    for position, i in enumerate(indexes):
+        key = actions[i].batch_key(targets[i]) if targets[i] is not None else None
+        if key is None:
+            placed.append((position, [i]))
+        else:
+            shared.setdefault((actions[i].TYPE,) + tuple(key), []).append(i)
+            last[(actions[i].TYPE,) + tuple(key)] = position
+    placed += [(last[key], unit) for key, unit in shared.items()]
+    return [unit for _, unit in sorted(placed, key=lambda p: p[0])]
 
 
 def reads_for(actions: Sequence[Action], *phases: str) -> Tuple[str, ...]:

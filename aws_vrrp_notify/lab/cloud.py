@@ -29,6 +29,13 @@ EC2's eventual consistency (:mod:`.consistency`, docs/lab.md)::
 and its request throttling (:mod:`.throttle`): ``cloud.set_throttle(True)``,
 ``cloud.throttled`` (a Counter of RequestLimitExceeded answers per Action).  Each
 :class:`Request` records the access key and session token that signed it.
+
+Route 53 is served by the same moto (it picks the service from the SigV4 credential
+scope): the topology has a private hosted zone for the VPC (``topology.zone_id``,
+``topology.zone_name``), ``cloud.route53`` is the harness's client and
+``cloud.dns_values(name)`` reads a record.  Route 53 requests are recorded, counted,
+throttled (5 requests/s) and lagged (``ChangeResourceRecordSets``) under the action
+names of its API (:mod:`.route53_api`).
 """
 
 from __future__ import annotations
@@ -47,12 +54,12 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-from . import moto_fixes
+from . import moto_fixes, route53_api
 from .consistency import Consistency, LagSpec, PendingWrite, FailedWrite, parse_lag
 from .ec2_writes import Rejected
 from .imds import IMDS, DEFAULT_ACCOUNT
 from .stale_reads import StaleReads, question_of
-from .throttle import THROTTLED_STATUS, Throttle, throttled_body
+from .throttle import Throttle, throttled_answer
 
 __all__ = ["Cloud", "Topology", "InstanceInfo", "Request", "HARNESS_UA", "LAB_TABLE_TAG"]
 
@@ -62,6 +69,7 @@ LAB_TABLE_TAG = "ha-group=VI_1"   # the tag of the route tables of the client su
 # multi-AZ pair (instances "ra" and "rb").
 MORE_SUBNETS = {"client-a": "10.0.10.0/24", "client-b": "10.0.11.0/24", "az-a": "10.0.20.0/24",
                 "az-b": "10.0.21.0/24"}
+LAB_ZONE = "lab.internal"        # the private hosted zone of the lab VPC
 FAKE_AMI = "ami-0a1b2c3d4e5f60718"
 
 
@@ -102,6 +110,8 @@ class Topology:
     prefix_list: str = ""            # a managed prefix list (IPv4) for change-route destinations
     route_table_tag: str = ""        # "Key=Value" carried by the tables of tagged_route_tables
     tagged_route_tables: list[str] = field(default_factory=list)   # sorted rtb ids ("client-a", "client-b")
+    zone_id: str = ""                # Route 53 private hosted zone of the VPC
+    zone_name: str = ""              # its name, without the final dot
 
     def rtb_for(self, subnet_key: str) -> str:
         return self.route_tables.get(subnet_key, self.route_tables["main"])
@@ -128,6 +138,7 @@ class Request:
     access_key: str | None = None      # the access key id of the SigV4 Authorization header
     session_token: str | None = None   # its X-Amz-Security-Token header
     throttled: bool = False            # answered RequestLimitExceeded (Cloud.set_throttle)
+    service: str | None = None         # the service of the SigV4 credential scope ("ec2", "route53", ...)
 
 
 class _QuietHandler:
@@ -165,16 +176,23 @@ class _RecordingApp:
             # takes the region from the Host, and knows only the regional endpoint's form
             environ["HTTP_HOST"] = f"ec2.{cloud.region}.amazonaws.com"
         body = _read_body(environ)
+        service = _service(environ)
         params = _form_params(environ, body)
+        action = params.get("Action")
+        if service == "route53":
+            action, params = route53_api.parse_request(environ.get("REQUEST_METHOD", "GET"),
+                                                       environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""),
+                                                       body)
         harness = HARNESS_UA in environ.get("HTTP_USER_AGENT", "")
         label = environ.get("HTTP_X_AVN_LISTENER") or self.label  # set by tests' fault proxy
-        req = Request(label, params.get("Action"), params, harness, time.time(), *_signer(environ))
-        if not harness and req.action and _service(environ) in (None, "ec2"):
-            req.throttled = not cloud._admitted(req.action)
+        req = Request(label, action, params, harness, time.time(), *_signer(environ), service=service)
+        if not harness and req.action and service in (None, "ec2", "route53"):
+            req.throttled = not cloud._admitted(req.action, service or "ec2")
         with cloud._lock:
             cloud.requests.append(req)
         if req.throttled:
-            return _respond(start_response, (THROTTLED_STATUS, [], throttled_body()))
+            status, answer = throttled_answer(service or "ec2")
+            return _respond(start_response, (status, [], answer))
         hook = cloud.request_hook
         if hook is not None and not harness:
             hook(req)
@@ -278,7 +296,8 @@ class Cloud:
         self._tmp = None
         self._ec2 = None
         self._baseline: dict | None = None
-        self._consistency = Consistency(lambda: self.backend)
+        self._consistency = Consistency(lambda: self.backend, lambda: self.route53_backend)
+        self._route53 = None
         self._stale_reads: StaleReads | None = None
         self._throttle: Throttle | None = None
         self.throttled: collections.Counter = collections.Counter()   # RequestLimitExceeded answers per Action
@@ -411,6 +430,19 @@ class Cloud:
 
         return ec2_backends[self.account_id][self.region]
 
+    @property
+    def route53(self):
+        """boto3 Route 53 client of the harness (not counted, never lagged or throttled)."""
+        if self._route53 is None:
+            self._route53 = self.client("route53")
+        return self._route53
+
+    @property
+    def route53_backend(self):
+        from moto.route53.models import route53_backends
+
+        return route53_backends[self.account_id]["aws"]
+
     # ------------------------------------------------------------------ consistency
     def set_lag(self, lags: LagSpec = None, *, default: float | None = None, stale_reads: float = 0.0,
                 seed: int | None = None) -> dict[str, float]:
@@ -482,9 +514,9 @@ class Cloud:
         overrides sizes, e.g. ``{"mutating": (50, 5.0)}``.  Fresh (full) buckets each call."""
         self._throttle = Throttle(buckets) if enabled else None
 
-    def _admitted(self, action: str) -> bool:
+    def _admitted(self, action: str, service: str = "ec2") -> bool:
         throttle = self._throttle
-        if throttle is None or throttle.take(action):
+        if throttle is None or throttle.take(action, service):
             return True
         with self._lock:
             self.throttled[action] += 1
@@ -603,12 +635,15 @@ class Cloud:
                                                            Ipv6AddressCount=1)["AssignedIpv6Addresses"]
             instances[name] = InstanceInfo(name, iid, enis, macs, ips, subs, ipv6s)
         eip = ec2.allocate_address(Domain="vpc")
+        zone_id = self.route53.create_hosted_zone(
+            Name=f"{LAB_ZONE}.", CallerReference=f"lab-{vpc_id}", VPC={"VPCRegion": self.region, "VPCId": vpc_id},
+            HostedZoneConfig={"Comment": "lab", "PrivateZone": True})["HostedZone"]["Id"].rsplit("/", 1)[-1]
         extra = self._build_clients_and_zones(vpc_id, subnets, cidrs, rtbs, instances)
         self.topology = Topology(
             region=self.region, az=self.az, account_id=self.account_id, vpc=vpc_id, vpc_cidr="10.0.0.0/16",
             vpc_ipv6_cidr=str(v6), igw=igw, subnets=subnets, subnet_cidrs=cidrs, subnet_ipv6_cidrs=v6cidrs,
             route_tables=rtbs, instances=instances, eip_alloc=eip["AllocationId"], eip_public_ip=eip["PublicIp"],
-            **extra)
+            zone_id=zone_id, zone_name=LAB_ZONE, **extra)
         self._baseline = self._snapshot()
         return self.topology
 
@@ -673,7 +708,23 @@ class Cloud:
             }
         eips = {a["AllocationId"]: (a.get("NetworkInterfaceId") or None, a.get("PrivateIpAddress") or None)
                 for a in ec2.describe_addresses()["Addresses"] if a.get("AllocationId")}
-        return {"enis": enis, "enis6": enis6, "rtbs": rtbs, "eips": eips, "source_dest_check": checks}
+        return {"enis": enis, "enis6": enis6, "rtbs": rtbs, "eips": eips, "source_dest_check": checks,
+                "records": self._records()}
+
+    def _records(self) -> dict:
+        """(name, type) -> record set of the lab zone, its SOA and NS records left out."""
+        if not self.topology or not self.topology.zone_id:
+            return {}
+        sets = self.route53.list_resource_record_sets(HostedZoneId=self.topology.zone_id,
+                                                      MaxItems="300")["ResourceRecordSets"]
+        return {(r["Name"], r["Type"]): r for r in sets if r["Type"] not in ("SOA", "NS")}
+
+    def _reset_records(self, now: dict, base: dict) -> None:
+        changes = [{"Action": "DELETE", "ResourceRecordSet": r} for key, r in now.items() if key not in base]
+        changes += [{"Action": "UPSERT", "ResourceRecordSet": r} for key, r in base.items() if now.get(key) != r]
+        if changes:
+            self.route53.change_resource_record_sets(HostedZoneId=self.topology.zone_id,
+                                                     ChangeBatch={"Changes": changes})
 
     def reset_state(self) -> None:
         """Undo what tests did to the topology (VIPs, routes, EIP associations, subnet
@@ -761,6 +812,7 @@ class Cloud:
                 ec2.disassociate_route_table(AssociationId=cur[1])
             if want:
                 ec2.associate_route_table(RouteTableId=want, SubnetId=subnet)
+        self._reset_records(now["records"], base.get("records", {}))
         self.request_hook = None
         self.reset_counts()
         for imds in self._imds.values():
@@ -801,6 +853,18 @@ class Cloud:
         if r is None:
             return None
         return r.get("NetworkInterfaceId") or None
+
+    def dns_values(self, name: str, record_type: str = "A") -> list[str] | None:
+        """The values of record ``name`` (relative to the lab zone, or fully qualified) and
+        ``record_type``, None when there is no such record."""
+        record = self.dns_record(name, record_type)
+        return None if record is None else [r["Value"] for r in record.get("ResourceRecords", [])]
+
+    def dns_record(self, name: str, record_type: str = "A") -> dict | None:
+        """The record set of ``name`` and ``record_type`` in the lab zone (as Route 53 lists it), or None."""
+        zone = self.topology.zone_name
+        fqdn = name.rstrip(".") if name.rstrip(".").endswith(zone) else f"{name}.{zone}"
+        return self._records().get((fqdn + ".", record_type))
 
     def eip_association(self, alloc_id: str | None = None) -> tuple[str, str] | None:
         """(ENI id, private IP) an Elastic IP is associated with, or None."""

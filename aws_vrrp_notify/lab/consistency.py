@@ -1,8 +1,9 @@
 """EC2's eventual consistency in the lab: writes accepted at once, visible ``lag`` seconds later.
 
-A tool's mutating call (one of :data:`~.ec2_writes.LAGGABLE`) for which a lag is set is
-validated and answered at once (:mod:`.ec2_writes`), then replayed into moto ``lag``
-seconds later by a background thread.  Until then describe calls, and the metadata
+A tool's mutating call (one of :data:`LAGGABLE`: EC2's, and Route 53's
+ChangeResourceRecordSets) for which a lag is set is validated and answered at once
+(:mod:`.ec2_writes`, :mod:`.route53_api`), then replayed into moto ``lag`` seconds later
+by a background thread.  Until then describe calls, and the metadata
 service (built from moto's state), show the state from before the write.
 
 Writes land in the order EC2 accepted them wherever they touch the same resource (an
@@ -25,16 +26,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Union
 
-from . import ec2_writes
+from . import ec2_writes, route53_api
 
+LAGGABLE = ec2_writes.LAGGABLE + route53_api.LAGGABLE
 IP_MOVES = ("AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses",
             "UnassignIpv6Addresses")
+DNS_CHANGE = "ChangeResourceRecordSets"
 
+# Route 53 changes propagate more slowly than EC2's writes: one and a half times the
+# profile's longest EC2 lag.
 PROFILES: dict[str, dict[str, float]] = {
-    "all-0.5": {"*": 0.5},
-    "all-2": {"*": 2.0},
-    "ip-2-rest-0.1": {**{a: 2.0 for a in IP_MOVES}, "*": 0.1},
-    "ip-1-rest-0.3": {**{a: 1.0 for a in IP_MOVES}, "*": 0.3},
+    "all-0.5": {"*": 0.5, DNS_CHANGE: 0.75},
+    "all-2": {"*": 2.0, DNS_CHANGE: 3.0},
+    "ip-2-rest-0.1": {**{a: 2.0 for a in IP_MOVES}, "*": 0.1, DNS_CHANGE: 3.0},
+    "ip-1-rest-0.3": {**{a: 1.0 for a in IP_MOVES}, "*": 0.3, DNS_CHANGE: 1.5},
 }
 
 LagSpec = Union[None, float, int, str, Mapping[str, float]]
@@ -61,9 +66,9 @@ def parse_lag(spec: LagSpec) -> dict[str, float]:
 
 
 def _checked(lags: dict[str, float]) -> dict[str, float]:
-    unknown = sorted(set(lags) - set(ec2_writes.LAGGABLE) - {"*"})
+    unknown = sorted(set(lags) - set(LAGGABLE) - {"*"})
     if unknown:
-        raise ValueError(f"cannot lag {', '.join(unknown)}: laggable actions are {', '.join(ec2_writes.LAGGABLE)}")
+        raise ValueError(f"cannot lag {', '.join(unknown)}: laggable actions are {', '.join(LAGGABLE)}")
     bad = sorted(k for k, v in lags.items() if not 0 <= v <= 600)
     if bad:
         raise ValueError(f"lag of {', '.join(bad)} must be between 0 and 600 seconds")
@@ -104,8 +109,9 @@ class FailedWrite:
 class Consistency(ec2_writes.PendingView):
     """The queue of accepted writes and the thread that lands them.  Used by :class:`~.cloud.Cloud`."""
 
-    def __init__(self, backend: Callable[[], object]):
+    def __init__(self, backend: Callable[[], object], route53_backend: Optional[Callable[[], object]] = None):
         self._backend = backend
+        self._route53_backend = route53_backend
         self.lags: dict[str, float] = {}
         self._queue: list[PendingWrite] = []
         self._in_flight: Optional[PendingWrite] = None
@@ -123,7 +129,7 @@ class Consistency(ec2_writes.PendingView):
             self.lags = dict(lags)
 
     def lag_of(self, action: Optional[str]) -> float:
-        if action not in ec2_writes.LAGGABLE:
+        if action not in LAGGABLE:
             return 0.0
         return self.lags.get(action, self.lags.get("*", 0.0))
 
@@ -138,7 +144,10 @@ class Consistency(ec2_writes.PendingView):
 
         Raises :class:`~.ec2_writes.Rejected` when EC2 would refuse it at once."""
         with self._cond:
-            acceptance = ec2_writes.accept(self._backend(), action, params, self)
+            if action in route53_api.LAGGABLE:
+                acceptance = route53_api.accept(self._route53_backend(), action, params)
+            else:
+                acceptance = ec2_writes.accept(self._backend(), action, params, self)
             now = time.monotonic()
             lands_at = now + self.lag_of(action)
             for earlier in self._pending():
@@ -239,7 +248,7 @@ class Consistency(ec2_writes.PendingView):
                 last = max((w.lands_at for w in self._pending()), default=time.monotonic())
                 timeout = max(0.0, last - time.monotonic()) + 10.0
             if not self._cond.wait_for(lambda: not self._queue and self._in_flight is None, timeout):
-                raise TimeoutError(f"{len(self._pending())} accepted EC2 writes did not land in {timeout:g}s")
+                raise TimeoutError(f"{len(self._pending())} accepted writes did not land in {timeout:g}s")
 
     def discard(self) -> list[PendingWrite]:
         """Forget the writes not landed yet (after the one landing now, if any); returns them."""

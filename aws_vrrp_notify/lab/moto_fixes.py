@@ -37,6 +37,9 @@ What is fixed (see TESTBED.md section 1.4 for the observed moto behaviour):
   target keeps its prefix list (moto stored the route without a destination, so
   describe calls showed none and ``ReplaceRoute`` of it failed: getmoto/moto#8394);
   a prefix list that does not exist is rejected (``InvalidPrefixListID.NotFound``).
+* Route 53 ``ChangeResourceRecordSets`` refuses an A or AAAA value that is not an
+  IPv4 or IPv6 address (``InvalidChangeBatch``, after the zone is found and every name
+  is checked to be in it), as Route 53 does; moto stored anything.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfac
 from moto.ec2.models.route_tables import RouteBackend
 from moto.ec2.responses.route_tables import RouteTables
 from moto.ec2.utils import generate_route_id
+from moto.route53.exceptions import DnsNameInvalidForZone, Route53ClientError
+from moto.route53.models import Route53Backend
 
 __all__ = ["apply", "is_applied"]
 
@@ -279,6 +284,24 @@ def _eni_get_filter_value(self, filter_name, method_name=None):
     return _ORIG["eni_filter"](self, filter_name, method_name)
 
 
+def _change_resource_record_sets(self, zoneid, change_list):
+    from .route53_api import bad_value, record_name
+
+    zone = self.get_hosted_zone(zoneid)  # NoSuchHostedZone first, then the names, then the values
+    for change in change_list:
+        rrset = change.get("ResourceRecordSet") or {}
+        name = record_name(rrset.get("Name", ""))
+        if name != record_name(zone.name) and not name.endswith("." + record_name(zone.name)):
+            raise DnsNameInvalidForZone(name=rrset.get("Name", ""), zone_name=zone.name)
+        if change.get("Action") not in ("CREATE", "UPSERT"):
+            continue
+        for record in rrset.get("ResourceRecords") or []:
+            problem = bad_value(rrset.get("Type", ""), record.get("Value", "") if isinstance(record, dict) else record)
+            if problem:
+                raise Route53ClientError("InvalidChangeBatch", problem)
+    return _ORIG["r53_change"](self, zoneid, change_list)
+
+
 # --- entry points ----------------------------------------------------------------
 
 def is_applied() -> bool:
@@ -312,4 +335,6 @@ def apply() -> None:
     ElasticAddress.get_filter_value = _eip_get_filter_value
     _ORIG["eni_filter"] = NetworkInterface.get_filter_value
     NetworkInterface.get_filter_value = _eni_get_filter_value
+    _ORIG["r53_change"] = Route53Backend.change_resource_record_sets
+    Route53Backend.change_resource_record_sets = _change_resource_record_sets
     _APPLIED = True

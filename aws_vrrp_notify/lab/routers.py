@@ -57,7 +57,8 @@ class Router:
 
     def env(self) -> dict[str, str]:
         """The AWS endpoint variables the tool needs inside ``ns``."""
-        return {"AWS_ENDPOINT_URL_EC2": self.moto_url, "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url}
+        return {"AWS_ENDPOINT_URL_EC2": self.moto_url, "AWS_ENDPOINT_URL_ROUTE_53": self.moto_url,
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url}
 
 
 def build_routers(cloud: Cloud, nets: Netns, names=("r1", "r2"), *, link_local_imds: bool = True) -> dict[str, Router]:

@@ -12,7 +12,11 @@ class               capacity  refill per s
 ``ip-assign``       100       5     AssignPrivateIpAddresses, AssignIpv6Addresses
 ``mutating``        50        5     every other write (routes, Elastic IPs, ...)
 ``non-mutating``    100       20    Describe*, Get*, List*
+``route53``         5         5     every Route 53 call (its documented 5 requests/s)
 ==================  ========  ==============
+
+A throttled EC2 call is answered ``RequestLimitExceeded`` (HTTP 503), a throttled
+Route 53 call ``Throttling`` (HTTP 400, "Rate exceeded"), as each service does.
 
 Not modelled: EC2's separate, smaller bucket for unfiltered DescribeNetworkInterfaces
 calls, and per-resource rate limits.
@@ -30,12 +34,15 @@ BUCKETS: dict[str, tuple[float, float]] = {
     "ip-assign": (100, 5.0),
     "mutating": (50, 5.0),
     "non-mutating": (100, 20.0),
+    "route53": (5, 5.0),
 }
 IP_ASSIGN = frozenset({"AssignPrivateIpAddresses", "AssignIpv6Addresses"})
 READ_PREFIXES = ("Describe", "Get", "List")
 
 
-def action_class(action: str) -> str:
+def action_class(action: str, service: str = "ec2") -> str:
+    if service == "route53":
+        return "route53"
     if action in IP_ASSIGN:
         return "ip-assign"
     if action.startswith(READ_PREFIXES):
@@ -72,9 +79,9 @@ class Throttle:
         self._buckets = {name: TokenBucket(cap, refill, clock) for name, (cap, refill) in sizes.items()}
         self._lock = threading.Lock()
 
-    def take(self, action: str) -> bool:
+    def take(self, action: str, service: str = "ec2") -> bool:
         with self._lock:
-            return self._buckets[action_class(action)].take()
+            return self._buckets[action_class(action, service)].take()
 
 
 THROTTLED_STATUS = 503
@@ -82,3 +89,12 @@ THROTTLED_STATUS = 503
 
 def throttled_body() -> bytes:
     return ec2_xml.error_body("RequestLimitExceeded", "Request limit exceeded.")
+
+
+def throttled_answer(service: str) -> tuple[int, bytes]:
+    """(HTTP status, body) of a throttled call of ``service``."""
+    if service == "route53":
+        from .route53_api import error_body
+
+        return 400, error_body("Throttling", "Rate exceeded")
+    return THROTTLED_STATUS, throttled_body()
