@@ -129,7 +129,6 @@ class Ec2:
                     raise AwsError(f"creating the {service} client", "NoClient",
                                    f"no {service} client can be made here", 0)
                 other = Ec2(self._clients(service), self.deadline, self.still_current)
-                other.calls = self.calls
                 other._lock = self._lock
                 self._services[service] = other
             return self._services[service]
@@ -143,7 +142,8 @@ class Ec2:
 
         method = getattr(self.client, operation)
         api_name = self.client.meta.method_to_api_mapping.get(operation, operation)
-        tokens = bucket(api_name)
+        tokens = bucket(api_name, getattr(self.client.meta, "service_model", None) and
+                        self.client.meta.service_model.service_name or "ec2")
         attempts = 0
         last: Optional[BaseException] = None
         while True:

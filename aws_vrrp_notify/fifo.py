@@ -118,7 +118,7 @@ def _preload() -> None:
     """Import botocore while keepalived is still quiet: the first MASTER then pays nothing."""
     try:
         import botocore.client  # noqa: F401
-        import botocore.session  # noqa: F401
+        import botocore.session  # noqa: F401  pylint: disable=unused-import
 
         from . import ec2, transition  # noqa: F401
     except Exception:  # only speed is at stake

@@ -24,12 +24,15 @@ BUCKETS: "Dict[str, Tuple[float, float]]" = {  # class -> (capacity, refill per 
     "ip-assign": (100, 5.0),
     "mutating": (50, 5.0),
     "non-mutating": (100, 20.0),
+    "route53": (5, 5.0),  # Route 53: five requests per second per account
 }
 IP_ASSIGN = frozenset({"AssignPrivateIpAddresses", "AssignIpv6Addresses", "UnassignIpv6Addresses"})
 READ_PREFIXES = ("Describe", "Get", "List")
 
 
-def rate_class(api_name: str) -> str:
+def rate_class(api_name: str, service: str = "ec2") -> str:
+    if service == "route53":
+        return "route53"
     if api_name in IP_ASSIGN:
         return "ip-assign"
     if api_name.startswith(READ_PREFIXES):
@@ -76,8 +79,8 @@ _buckets: "Dict[str, TokenBucket]" = {}
 _lock = threading.Lock()
 
 
-def bucket(api_name: str) -> TokenBucket:
-    name = rate_class(api_name)
+def bucket(api_name: str, service: str = "ec2") -> TokenBucket:
+    name = rate_class(api_name, service)
     with _lock:
         if name not in _buckets:
             _buckets[name] = TokenBucket(*BUCKETS[name])
