@@ -41,6 +41,10 @@ CLOCK_FIX = "synchronise the clock (chrony or systemd-timesyncd with the Amazon 
 
 
 
+ROUTE53_FIX = ("allow HTTPS from this instance to Route 53's global endpoint (route53.amazonaws.com in the aws "
+               "partition; through a NAT or internet gateway, or a proxy), or set [aws] route53-endpoint-url")
+
+
 def run(opts: Any, as_json: bool, keepalived_path: Optional[str], with_permissions: bool) -> int:
     """validate --environment [--json] [--permissions]: print the findings; 0, 1 or 2."""
     from .logsetup import setup
@@ -158,6 +162,7 @@ class Inspection:
         from . import vpc_checks
 
         out = self.config_file() + self.state_dir() + self.metadata() + self.interfaces() + self.aws()
+        out += self.route53()
         keepalived, conf = self.keepalived()
         if self.config is not None:
             facts = vpc_checks.VpcFacts(self.identity.get("instanceId"), self.locals, self.cidrs, self.enis,
@@ -324,6 +329,42 @@ class Inspection:
             self.enis = {e["NetworkInterfaceId"]: e for e in answer.enis}
         return out + [_credentials(who, answer), _endpoint(client.meta.endpoint_url, reached, answer),
                       _clock(answer)]
+
+    def route53(self) -> List[Finding]:
+        """When a group has update-dns: Route 53's endpoint answers (one read of a configured zone)."""
+        from .ec2 import AwsError, make_client
+        from .reachability import reach
+
+        zones = sorted({a.zone_id for g in (self.config.groups.values() if self.config else ())
+                        for a in g.actions if getattr(a, "SERVICE", "ec2") == "route53"})
+        if not zones:
+            return []
+        region = self.config.aws.region or self.identity.get("region")
+        if not region:
+            return [not_checked("route53-endpoint", "", "no region: the metadata service did not answer")]
+        try:
+            client = make_client(self.config.aws, region, Deadline(AWS_BUDGET), self.store, "route53")
+        except AwsError as exc:
+            return [Finding(FAIL, "route53-endpoint", "", f"the Route 53 client cannot be set up: {exc.code}: "
+                            f"{exc.message}", "correct the profile, CA bundle or shared configuration")]
+        url = client.meta.endpoint_url
+        reached = reach(url)
+        if not reached.ok:
+            return [Finding(FAIL, "route53-endpoint", url, f"{reached.error}; {_via(reached)}",
+                            ROUTE53_FIX)]
+        sent = time.monotonic()
+        try:
+            client.list_resource_record_sets(HostedZoneId=zones[0], MaxItems="1")
+        except Exception as exc:  # botocore's errors: a refusal still proves the endpoint answers
+            code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+            if not code:
+                return [Finding(FAIL, "route53-endpoint", url, f"TCP connects ({_via(reached)}) but the "
+                                f"request failed: {_short(str(exc))}", ROUTE53_FIX)]
+            return [Finding(PASS, "route53-endpoint", url, f"answers ({code} for hosted zone {zones[0]}: see "
+                            f"validate --permissions): {_via(reached)}; API round trip "
+                            f"{(time.monotonic() - sent) * 1000:.0f} ms")]
+        return [Finding(PASS, "route53-endpoint", url, f"answers: {_via(reached)}; API round trip "
+                        f"{(time.monotonic() - sent) * 1000:.0f} ms")]
 
     def _role(self) -> Optional[str]:
         try:

@@ -371,3 +371,20 @@ def test_permissions_too(routers, run_tool, fault_proxy):
     assert "ReplaceRoute DENIED" in proc.stdout
     usage = run_tool(r1, "validate", "--environment", "--permissions", "--json", config=full_config(topo))
     assert usage.returncode == 2 and "Usage:" in usage.stderr
+
+
+def test_route53_endpoint_is_checked_when_a_group_updates_dns(routers, run_tool):
+    from test_update_dns import dns
+
+    r1, topo = routers.r1, routers.topology
+    config = cfg(assign()) + dns(topo.zone_id)
+    proc, findings = validate(run_tool, r1, config)
+    finding = only(findings, "route53-endpoint")
+    assert finding["status"] == "PASS" and "API round trip" in finding["reason"], finding
+    proc, findings = validate(run_tool, r1, config, env={"AWS_ENDPOINT_URL_ROUTE_53": "http://127.0.0.1:9"})
+    assert proc.returncode == 2
+    finding = findings[("route53-endpoint", "http://127.0.0.1:9")]
+    assert finding["status"] == "FAIL" and "TCP connect to 127.0.0.1 port 9" in finding["reason"]
+    assert "route53-endpoint-url" in finding["fix"]
+    _, findings = validate(run_tool, r1, cfg(assign()))
+    assert not [key for key in findings if key[0] == "route53-endpoint"]  # no update-dns: not checked
