@@ -150,6 +150,7 @@ class MasterRun:
         self.ledger = WriteLedger(config.aws.consistency_window)
         self.snapshot = None
         self._last: Dict[int, Observation] = {}
+        self._unconfirmed: Dict[int, str] = {}
         self._lock = threading.Lock()
         self.only: Optional[List[int]] = None  # re-assert: write only these (the drifted ones)
         self.purpose = "MASTER"
@@ -299,7 +300,8 @@ class MasterRun:
                 continue
             pending = [i for i, v in verdicts.items() if v != IN_SYNC]
             if not pending:
-                pending = list(self.unconfirmed())
+                self._unconfirmed = self.unconfirmed()
+                pending = list(self._unconfirmed)
             if pending:
                 confirmed_at = None
                 if self.deadline.remaining() <= poll:
@@ -320,10 +322,10 @@ class MasterRun:
     def _not_showing(self, pending: Sequence[int]) -> str:
         assert self.plan is not None
         parts = []
-        unconfirmed = self.unconfirmed()
+        unconfirmed = self._unconfirmed  # as last read: reading again at the deadline could only time out
         for i in pending:
             action = self.plan.actions[i]
-            if i in unconfirmed:
+            if i in unconfirmed and self._last[i].in_sync:
                 parts.append(f"{action.describe()}: {unconfirmed[i]}")
             else:
                 parts.append(f"{action.describe()}: {self._last[i].reason or 'not in sync'}")
