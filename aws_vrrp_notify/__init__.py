@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-# Exit statuses of transitions (SPEC "Exit status of transitions").
+# Exit statuses of transitions (aws-vrrp-notify(8), EXIT STATUS).
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # typing costs ~5 ms of a keepalived BACKUP: annotations 
 if TYPE_CHECKING:
     from typing import List, Optional, Union
 
-gc.disable()  # a short-lived process: cyclic GC only costs time (PERF.md §4)
+gc.disable()  # a short-lived process: cyclic GC only costs time (README, Performance)
 
 TRANSITIONS = {"master": "MASTER", "backup": "BACKUP", "fault": "FAULT", "stop": "STOP"}
 NOTIFY_TYPES = ("INSTANCE", "GROUP")
@@ -58,7 +58,7 @@ def parse_fast(argv: List[str]) -> Optional[Union[FastCall, HealthCall]]:
 
 
 def _finish(code: int) -> None:
-    """Flush and leave without interpreter teardown (PERF.md: ~20-80 ms of freeing objects)."""
+    """Flush and leave without interpreter teardown (freeing botocore's objects costs ~20-80 ms)."""
     try:
         sys.stdout.flush()
         sys.stderr.flush()

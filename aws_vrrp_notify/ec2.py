@@ -95,12 +95,11 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (BotoConnectionError, HTTPClientError, ResponseParserError, OSError))
 
 
-def backoff(attempt: int, throttled: bool = False) -> float:
-    """Full-jitter exponential backoff: 50 ms base (200 ms when throttled), 2 s cap."""
+def backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff: 50 ms base, 2 s cap."""
     import random
 
-    base = 0.2 if throttled else 0.05
-    return random.uniform(0, min(2.0, base * 2 ** attempt))
+    return random.uniform(0, min(2.0, 0.05 * 2 ** attempt))
 
 
 class Ec2:
@@ -172,7 +171,7 @@ class Ec2:
                     with self._lock:
                         self.throttled += 1
                 # throttled: the token bucket paces the retry; otherwise back off
-                pause = backoff(0, False) if throttled else backoff(attempts, False)
+                pause = backoff(0 if throttled else attempts)
                 if pause >= self.deadline.remaining():
                     break
                 time.sleep(pause)

@@ -100,7 +100,7 @@ def _group_report(name: str, record: Optional[Dict[str, Any]], window: float) ->
     """The report skeleton from the group's record: its state, and whether AWS may still be
     catching up with it (a write may take up to the consistency window to show)."""
     record = record or {}
-    times = [t for t in (record.get("time"), record.get("finished"), record.get("written"))
+    times = [t for t in (record.get("time"), record.get("finished"))
              if isinstance(t, (int, float)) and t == t]
     converging = bool(times) and time.time() - max(times) < window
     return GroupReport(name, record.get("state"), converging=converging)

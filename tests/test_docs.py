@@ -271,7 +271,7 @@ def test_environment_variables_are_documented():
     env = read_page(MAN8)["ENVIRONMENT"].text()
     code = "\n".join(p.read_text() for p in (REPO / "aws_vrrp_notify").glob("*.py"))
     used = set(re.findall(r"""["'](AWS_[A-Z0-9_]+)["']""", code))
-    used |= {"AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_ROUTE_53"}  # honoured by botocore (SPEC)
+    used |= {"AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_ROUTE_53"}  # honoured by botocore
     missing = sorted(v for v in used if v not in env)
     assert not missing, f"environment variables read by the code but not in ENVIRONMENT: {missing}"
 
@@ -758,7 +758,7 @@ def test_completion_recipe_works():
 
 
 def test_status_text_sends_readers_to_check_and_json():
-    """The status texts keep the SPEC's shapes; the documentation says what they do not show."""
+    """The status texts keep their documented shapes; the documentation says what they do not show."""
     status = " ".join(read_page(MAN8)["COMMANDS"].subsections["status"].text().split())
     readme = " ".join((REPO / "README.md").read_text().split())
     for text in (status, readme):

@@ -208,7 +208,7 @@ class Move:
 
         from ..ec2 import backoff
 
-        pause = backoff(self.attempts, throttled=False)
+        pause = backoff(self.attempts)
         if pause >= self.ec2.deadline.remaining():
             return False
         time.sleep(pause)

@@ -6,7 +6,7 @@ serving.  It is idempotent.  The patches touch moto internals, so moto is pinned
 (``moto[ec2]==5.2.5`` in the ``lab`` extra) and ``tests/test_lab.py`` exercises
 every patch.
 
-What is fixed (see TESTBED.md section 1.4 for the observed moto behaviour):
+What is fixed (moto 5.2.5's behaviour, as observed against it, next to EC2's):
 
 * ``AssignPrivateIpAddresses``: an address held by another ENI is *moved* when
   ``AllowReassignment`` is true and rejected (``InvalidParameterValue``)
