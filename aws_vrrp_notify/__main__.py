@@ -88,6 +88,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             _finish(code)
         return code
     if fast is not None:
+        if argv is None and fast.state == "MASTER":
+            from .standby import hand_over
+
+            code = hand_over(args, fast.state_dir)
+            if code is not None:
+                _finish(code)
         from .commands import transition
 
         code = transition(fast.config, fast.state_dir, fast.verbosity, fast.state, fast.group,

@@ -68,17 +68,11 @@ def _in_background(cfg: Config, group, store: StateStore, seq: int, prepare: boo
     later (transition.release_group).
 
     keepalived does not wait for it and the transition's exit does not depend on it."""
-    try:
-        pid = os.fork()
-    except OSError:
-        return
-    if pid:
+    from .detach import fork_detached
+
+    if not fork_detached():
         return
     try:
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
         import time
 
         from .transition import prepare_group, release_delay, release_group
@@ -147,6 +141,7 @@ def _transition(config: Optional[str], state: Optional[str], new_state: str, gro
             if seq is None:
                 return _older_event(group.name, new_state)
             log.info("group %s: %s recorded (no AWS write)", group.name, new_state)
+            _standby_after(new_state, cfg, store)
             prepare = cfg.aws.prepare and not store.has_cache(f"plan-{group.name}")
             release = new_state == "BACKUP" and previous == "MASTER"
             if prepare or release:
@@ -158,6 +153,16 @@ def _transition(config: Optional[str], state: Optional[str], new_state: str, gro
     except StateError as exc:
         log.error("%s", exc)
         return EXIT_FAILED
+
+
+def _standby_after(new_state: str, cfg: Config, store: StateStore) -> None:
+    """BACKUP and FAULT keep a standby process for the next MASTER ([aws] standby); STOP ends it."""
+    from . import standby
+
+    if new_state == "STOP":
+        standby.quit_standby(store.root)
+    elif cfg.aws.standby:
+        standby.start(store.root)
 
 
 def _older_event(group: str, state: str) -> int:

@@ -38,20 +38,22 @@ class ConfigError(Exception):
 
 
 class AwsSettings(Frozen):
-    """[aws]; ``prepare``: backup/fault/stop resolve in the background what the next master needs."""
+    """[aws]; ``prepare``: backup/fault/stop resolve in the background what the next master needs;
+    ``standby``: backup/fault keep a standby process with botocore imported (standby.py)."""
 
     __slots__ = ("region", "endpoint_url", "profile", "role_arn", "deadline", "prepare",
-                 "consistency_window", "reassert_interval", "route53_endpoint_url")
+                 "consistency_window", "reassert_interval", "route53_endpoint_url", "standby")
 
     def __init__(self, region: Optional[str] = None, endpoint_url: Optional[str] = None,
                  profile: Optional[str] = None, role_arn: Optional[str] = None,
                  deadline: float = DEFAULT_DEADLINE, prepare: bool = True,
                  consistency_window: float = DEFAULT_CONSISTENCY_WINDOW,
                  reassert_interval: float = DEFAULT_REASSERT_INTERVAL,
-                 route53_endpoint_url: Optional[str] = None):
+                 route53_endpoint_url: Optional[str] = None, standby: bool = False):
         self._set(region=region, endpoint_url=endpoint_url, profile=profile, role_arn=role_arn,
                   deadline=deadline, prepare=prepare, consistency_window=consistency_window,
-                  reassert_interval=reassert_interval, route53_endpoint_url=route53_endpoint_url)
+                  reassert_interval=reassert_interval, route53_endpoint_url=route53_endpoint_url,
+                  standby=standby)
 
 
 AWS_FIELDS = (
@@ -64,6 +66,7 @@ AWS_FIELDS = (
     Field("consistency-window", consistency_window_seconds, DEFAULT_CONSISTENCY_WINDOW),
     Field("reassert-interval", reassert_interval_seconds, DEFAULT_REASSERT_INTERVAL),
     Field("route53-endpoint-url", endpoint_url),
+    Field("standby", boolean, False),
 )
 
 

@@ -50,6 +50,17 @@ class Logger:
             self._connect()
         return self
 
+    def reset(self) -> None:
+        """Forget the set-up, as in a new process (a standby process's child, standby.py)."""
+        global START
+        if self.syslog is not None:
+            try:
+                self.syslog.close()
+            except OSError:
+                pass
+        self.__init__()  # type: ignore[misc]
+        START = time.monotonic()
+
     def _connect(self) -> None:
         """A socket connected to SYSLOG_SOCKET: datagram, else stream (as logging's SysLogHandler)."""
         import socket

@@ -40,6 +40,7 @@ MAX_RECORD_SIZE = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 MISSING = object()
+EVENT_PROCESS = "self"  # /proc entry of the process whose start orders the event (standby.py)
 _CACHE_FDS: Dict[str, int] = {}  # state directory -> checked descriptor of its cache/ (trusted_cache_dir)
 
 
@@ -262,12 +263,13 @@ class GroupLock:
 
 
 def process_start() -> Optional[List[Any]]:
-    """[boot id, start time in clock ticks since boot] of this process (None if unknown).
+    """[boot id, start time in clock ticks since boot] of this process, or of the ``master``
+    process a standby child runs for (EVENT_PROCESS); None if unknown.
 
     keepalived forks its notify scripts in the order of its events; the kernel's start
     time keeps that order even when a script is slow to get going (a loaded machine)."""
     try:
-        with open("/proc/self/stat", "rb") as fh:
+        with open(f"/proc/{EVENT_PROCESS}/stat", "rb") as fh:
             data = fh.read()
         ticks = int(data[data.rindex(b")") + 2:].split()[19])  # field 22, starttime
         with open("/proc/sys/kernel/random/boot_id") as fh:
