@@ -96,17 +96,41 @@ def hand_over(argv: List[str], state_dir: Optional[str]) -> Optional[int]:
         sock.close()
         return None
     sock.settimeout(None)  # the transition keeps to its own deadline
+    terminated = _pass_on_sigterm(sock)
     try:
         status = sock.recv(1)
     except OSError:
         status = b""
     if status:
         return status[0]
+    if terminated:  # the child was interrupted as this process would have been, and said so
+        return 128 + terminated[0]
     from .logsetup import log
 
     log.setup(0).error("master: the standby process ended without an exit status; "
                        "the transition may be incomplete (see the log lines before this one)")
     return 1
+
+
+def _pass_on_sigterm(sock: Any) -> List[int]:
+    """keepalived SIGTERMs the master process when it stops: a master running the transition
+    itself then records it interrupted and stops writing (transition._record_interruption).
+    Closing our side of the connection tells the child to do the same (_end_with_the_caller).
+    The signals received go to the returned list."""
+    import signal
+    import socket
+
+    received: List[int] = []
+
+    def pass_on(signum: int, frame: object) -> None:
+        received.append(signum)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    signal.signal(signal.SIGTERM, pass_on)
+    return received
 
 
 def quit_standby(root: str) -> None:
@@ -298,6 +322,7 @@ def _carry_out(conn: Any, request: Dict[str, Any], fds: List[int], caller: int) 
         state.EVENT_PROCESS = str(caller)  # the caller's start time orders this event
         log.reset()
         conn.sendall(ACCEPTED)
+        conn.settimeout(None)
     except (OSError, ValueError, KeyError):
         try:
             conn.sendall(RUN_IT_YOURSELF)
@@ -306,16 +331,36 @@ def _carry_out(conn: Any, request: Dict[str, Any], fds: List[int], caller: int) 
     try:
         from .commands import transition
 
+        _end_with_the_caller(conn)
         log.setup(call.verbosity).debug("master %s: run by the standby process for pid %d", call.group, caller)
         code = transition(call.config, call.state_dir, call.verbosity, call.state, call.group,
                           call.via_notify, call.cache_dir)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # done: a late end of the caller changes nothing
         try:
             sys.stdout.flush()
             sys.stderr.flush()
             conn.sendall(bytes([code & 0xFF]))
         finally:
             os._exit(code)
+
+
+def _end_with_the_caller(conn: Any) -> None:
+    """SIGTERM this child when the caller's side of the connection closes: the caller was
+    SIGTERMed (it passes that on, _pass_on_sigterm) or killed. The transition handles the
+    signal as the master process would have (transition._record_interruption)."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        try:
+            while conn.recv(4096):  # the caller sends nothing more; anything read is ignored
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="caller", daemon=True).start()
 
 
 def _serve_one(conn: Any, stamp: Tuple[Tuple[int, int], ...]) -> bool:

@@ -207,3 +207,62 @@ def test_a_relative_state_directory_works_too(routers, run_tool):
     proc = ok(run_tool(r1, "-vv", "master", "VI_1", config=config, state_dir="relative-state"))
     assert HANDED_OVER in proc.stderr
     assert aws.who_holds(VIP) == [r1.eni("eth0")]
+
+
+# ---------------------------------------------------------------- review: the caller's fate, odd callers
+
+
+def _child_of(pid: int) -> int:
+    """The one child process of ``pid`` (the standby's child running a transition)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += (task / "children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def _master_writing_through_the_standby(router, run_tool, fault_proxy):
+    """A master handed to a new standby on ``router``, its AWS write held for 5 s by a proxy:
+    (the master process, the standby's PID)."""
+    proxy = fault_proxy(router, "ec2")
+    config = run_tool.write_config(router, standby_cfg(assign()))
+    standby = start_standby(run_tool, router, config)
+    proxy.add_fault("delay", delay=5, actions={"AssignPrivateIpAddresses"})
+    proc = run_tool.popen(router, "-vv", "master", "VI_1", config=config, env=proxy.env)
+    assert wait_for(lambda: proxy.counts["AssignPrivateIpAddresses"] > 0)
+    return proc, standby
+
+
+def test_sigterm_to_the_master_interrupts_the_standbys_child_as_it_would_the_master(routers, run_tool, fault_proxy):
+    """keepalived SIGTERMs the master process it started: the transition run for it by the
+    standby's child stops and is recorded interrupted, with the status a master exits with."""
+    r1 = routers.r1
+    proc, _ = _master_writing_through_the_standby(r1, run_tool, fault_proxy)
+    proc.terminate()
+    assert proc.wait(timeout=10) == 143
+    stderr = proc.stderr.read()
+    assert HANDED_OVER in stderr and "interrupted by signal 15" in stderr
+    rec = record(run_tool, r1)
+    assert rec["state"] == "MASTER" and rec["outcome"] == "interrupted"
+
+
+def test_a_killed_master_process_ends_the_standbys_child(routers, run_tool, fault_proxy):
+    """A master process that is gone (SIGKILL) cannot stop its transition: the child that runs
+    it for that process stops too, recorded interrupted, instead of writing on unasked."""
+    r1 = routers.r1
+    proc, standby = _master_writing_through_the_standby(r1, run_tool, fault_proxy)
+    child = _child_of(standby)
+    proc.kill()
+    assert wait_for(lambda: not alive(child), 3)
+    rec = record(run_tool, r1)
+    assert rec["state"] == "MASTER" and rec["outcome"] == "interrupted"
+
+
+def test_a_killed_standby_child_is_reported_and_the_master_fails(routers, run_tool, fault_proxy):
+    r1 = routers.r1
+    proc, standby = _master_writing_through_the_standby(r1, run_tool, fault_proxy)
+    os.kill(_child_of(standby), signal.SIGKILL)
+    assert proc.wait(timeout=5) == 1
+    assert "ended without an exit status" in proc.stderr.read()
+    assert record(run_tool, r1)["outcome"] != "ok"
+    assert alive(standby)
