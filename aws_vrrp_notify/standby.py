@@ -87,9 +87,10 @@ def hand_over(argv: List[str], state_dir: Optional[str]) -> Optional[int]:
 
     try:
         request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+        message = struct.pack(">I", len(request)) + request
         sock.settimeout(HANDOVER_TIMEOUT)
-        sock.sendmsg([struct.pack(">I", len(request)), request],
-                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", 0, 1, 2))])
+        sent = sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", 0, 1, 2))])
+        sock.sendall(message[sent:])  # more than the socket's buffer (a large environment)
         if sock.recv(1) != ACCEPTED:
             return None
     except (OSError, ValueError):  # no answer in time, a closed stream, an unusable descriptor

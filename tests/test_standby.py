@@ -266,3 +266,15 @@ def test_a_killed_standby_child_is_reported_and_the_master_fails(routers, run_to
     assert "ended without an exit status" in proc.stderr.read()
     assert record(run_tool, r1)["outcome"] != "ok"
     assert alive(standby)
+
+
+def test_a_large_environment_is_handed_over_whole(routers, run_tool):
+    aws, r1 = routers.cloud, routers.r1
+    config = run_tool.write_config(r1, standby_cfg(assign()))
+    start_standby(run_tool, r1, config)
+    big = {f"BIG_{i}": "x" * 100_000 for i in range(4)}  # more than a socket buffer
+    started = time.monotonic()
+    proc = ok(run_tool(r1, "-vv", "master", "VI_1", config=config, env=big))
+    assert HANDED_OVER in proc.stderr
+    assert time.monotonic() - started < 1.5
+    assert aws.who_holds(VIP) == [r1.eni("eth0")]
