@@ -43,7 +43,7 @@ class Logger:
             return self
         self.configured = True
         self.level = DEBUG if verbosity >= 2 else INFO
-        on_terminal = sys.stderr.isatty()
+        on_terminal = sys.stderr is not None and sys.stderr.isatty()  # None: started with fd 2 closed
         self.stderr_level = DEBUG if verbosity >= 2 else INFO if (verbosity or on_terminal) else WARNING
         self.timings = verbosity >= 2
         if os.path.exists(SYSLOG_SOCKET):  # no syslog daemon (containers, tests): stderr only
@@ -108,7 +108,7 @@ class Logger:
                 try:
                     sys.stderr.write(f"aws-vrrp-notify: {stamp}{name}: {text}\n")
                     sys.stderr.flush()
-                except (OSError, ValueError):
+                except (OSError, ValueError, AttributeError):  # AttributeError: no stderr (None)
                     pass
             if self.syslog is not None and level >= self.level:
                 self._send_syslog(level, name, text)

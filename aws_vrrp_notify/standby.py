@@ -82,6 +82,9 @@ def hand_over(argv: List[str], state_dir: Optional[str]) -> Optional[int]:
     sock = _connect(path) if path else None
     if sock is None:
         return None
+    if sock.fileno() <= 2:  # a standard stream was closed: it would be handed over as this socket
+        sock.close()
+        return None
     import json
     import socket
 

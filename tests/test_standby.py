@@ -278,3 +278,40 @@ def test_a_large_environment_is_handed_over_whole(routers, run_tool):
     assert HANDED_OVER in proc.stderr
     assert time.monotonic() - started < 1.5
     assert aws.who_holds(VIP) == [r1.eni("eth0")]
+
+
+@pytest.mark.parametrize("standby", [True, False])
+def test_odd_environment_bytes_and_closed_streams(routers, run_tool, standby):
+    """keepalived may start a script with a standard stream closed (Python then has None for
+    it), and an environment value need not be UTF-8: master does its work either way, handed
+    over only when all three streams are there to hand."""
+    aws, r1 = routers.cloud, routers.r1
+    config = run_tool.write_config(r1, standby_cfg(assign(), standby=standby))
+    if standby:
+        start_standby(run_tool, r1, config)
+    tool = " ".join(run_tool.argv(r1, "-vv", "master", "VI_1", config=config, ns=False))
+    env = {**run_tool.env(r1), "ODD": "caf\udce9"}  # bytes b"caf\xe9", not UTF-8
+    for redirect in ("", "<&-", ">&-", "2>&-", "<&- >&- 2>&-"):  # closed: master runs itself
+        aws.reset_state()
+        out = subprocess.run(["ip", "netns", "exec", r1.ns, "sh", "-c", f"exec {tool} {redirect}"],
+                             env={k: os.fsencode(v) for k, v in env.items()}, capture_output=True, timeout=60)
+        assert out.returncode == 0, (redirect, out.stderr)
+        assert aws.who_holds(VIP) == [r1.eni("eth0")], redirect
+        assert (HANDED_OVER.encode() in out.stderr) == (standby and not redirect)
+
+
+def test_a_killed_master_with_stdout_closed_leaves_no_transition_running(routers, run_tool, fault_proxy):
+    """With fd 1 closed, the master's socket to the standby is fd 1: handed over as the
+    child's stdout, the child would hold the caller's side itself and never see it end."""
+    r1 = routers.r1
+    proxy = fault_proxy(r1, "ec2")
+    config = run_tool.write_config(r1, standby_cfg(assign()))
+    standby = start_standby(run_tool, r1, config)
+    proxy.add_fault("delay", delay=5, actions={"AssignPrivateIpAddresses"})
+    tool = " ".join(run_tool.argv(r1, "master", "VI_1", config=config, ns=False))
+    proc = run_tool.popen(r1, tool=["sh", "-c", f"exec {tool} >&-"], state_dir=False, env=proxy.env)
+    assert wait_for(lambda: proxy.counts["AssignPrivateIpAddresses"] > 0)
+    proc.kill()
+    assert wait_for(lambda: not any((t / "children").read_text().split()
+                                    for t in Path(f"/proc/{standby}/task").iterdir()), 3)
+    assert record(run_tool, r1)["state"] == "MASTER"
