@@ -91,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if argv is None and fast.state == "MASTER":
             from .standby import hand_over
 
-            code = hand_over(args, fast.state_dir)
+            code = hand_over(args, fast.state_dir, fast.verbosity)
             if code is not None:
                 _finish(code)
         from .commands import transition

@@ -32,6 +32,7 @@ HANDOVER_TIMEOUT = 2.0  # the standby's child acknowledges within milliseconds
 IDLE_CHECK = 30.0  # how often an idle standby checks that it is still current
 MAX_REQUEST = 1 << 20
 ACCEPTED, RUN_IT_YOURSELF, QUIT = b"A", b"S", "quit"
+SEND_STREAMS, STREAMS = b"F", b"F"  # a child asks for the caller's descriptors; they come with STREAMS
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _SERVER_FDS: List[int] = []  # the standby's listening socket and lock: not for its children
 
@@ -72,7 +73,7 @@ def _connect(path: str) -> Optional[Any]:
         return None
 
 
-def hand_over(argv: List[str], state_dir: Optional[str]) -> Optional[int]:
+def hand_over(argv: List[str], state_dir: Optional[str], verbosity: int = 0) -> Optional[int]:
     """Have the standby process carry out this ``master`` call; its exit status, or None
     when there is no usable standby (the caller then runs the transition itself)."""
     from .state import DEFAULT_STATE_DIR
@@ -92,11 +93,22 @@ def hand_over(argv: List[str], state_dir: Optional[str]) -> Optional[int]:
         request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
         message = struct.pack(">I", len(request)) + request
         sock.settimeout(HANDOVER_TIMEOUT)
-        sent = sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", 0, 1, 2))])
-        sock.sendall(message[sent:])  # more than the socket's buffer (a large environment)
-        if sock.recv(1) != ACCEPTED:
+        sock.sendall(message)
+        # the descriptors only to a child that asks for them: in a standby that never reads
+        # them (stopped, stuck), they would keep this process's pipes open after it ends
+        if sock.recv(1) != SEND_STREAMS:
+            sock.close()
             return None
-    except (OSError, ValueError):  # no answer in time, a closed stream, an unusable descriptor
+        sock.sendmsg([STREAMS], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", 0, 1, 2))])
+        answer = sock.recv(1)
+    except TimeoutError:
+        sock.close()
+        _retire(path, verbosity)  # type: ignore[arg-type]
+        return None
+    except (OSError, ValueError):  # a closed stream, an unusable descriptor
+        sock.close()
+        return None
+    if answer != ACCEPTED:
         sock.close()
         return None
     sock.settimeout(None)  # the transition keeps to its own deadline
@@ -114,6 +126,20 @@ def hand_over(argv: List[str], state_dir: Optional[str]) -> Optional[int]:
     log.setup(0).error("master: the standby process ended without an exit status; "
                        "the transition may be incomplete (see the log lines before this one)")
     return 1
+
+
+def _retire(path: str, verbosity: int) -> None:
+    """A standby that did not answer in time (stopped, stuck) is not asked again: without its
+    socket the next masters run at once instead of each waiting HANDOVER_TIMEOUT, the next
+    backup or fault starts a new standby once it has ended, and it ends when it notices."""
+    from .logsetup import log
+
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    log.setup(verbosity).warning("master: the standby process did not answer within %gs; running the "
+                                 "transition here, and no later master will ask it", HANDOVER_TIMEOUT)
 
 
 def _pass_on_sigterm(sock: Any) -> List[int]:
@@ -263,20 +289,14 @@ def _still_ours(root: str, inode: int) -> bool:
         return False
 
 
-def _receive(conn: Any) -> Tuple[Optional[Dict[str, Any]], List[int]]:
-    """The caller's request and the descriptors that came with it."""
-    import array
+def _receive(conn: Any) -> Optional[Dict[str, Any]]:
+    """The caller's request."""
     import json
-    import socket
 
-    fds = array.array("i")
     conn.settimeout(HANDOVER_TIMEOUT)
-    data, ancillary, _, _ = conn.recvmsg(4 + MAX_REQUEST, socket.CMSG_SPACE(3 * fds.itemsize))
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    data = conn.recv(4 + MAX_REQUEST)
     if len(data) < 4:
-        return None, list(fds)
+        return None
     size = struct.unpack(">I", data[:4])[0]
     body = data[4:]
     while len(body) < size <= MAX_REQUEST:
@@ -285,23 +305,41 @@ def _receive(conn: Any) -> Tuple[Optional[Dict[str, Any]], List[int]]:
             break
         body += more
     if body == QUIT.encode():
-        return {"quit": True}, list(fds)
+        return {"quit": True}
     try:
         request = json.loads(body)
     except ValueError:
-        return None, list(fds)
-    return (request if isinstance(request, dict) else None), list(fds)
+        return None
+    return request if isinstance(request, dict) else None
 
 
-def _valid_call(request: Optional[Dict[str, Any]], fds: List[int]) -> bool:
-    if request is None or len(fds) != 3:
+def _receive_streams(conn: Any) -> List[int]:
+    """The caller's descriptors 0, 1 and 2, asked for with SEND_STREAMS."""
+    import array
+    import socket
+
+    fds = array.array("i")
+    conn.sendall(SEND_STREAMS)
+    data, ancillary, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(3 * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    if data != STREAMS or len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("no standard streams from the caller")
+    return list(fds)
+
+
+def _valid_call(request: Optional[Dict[str, Any]]) -> bool:
+    if request is None:
         return False
     argv, env, cwd = request.get("argv"), request.get("env"), request.get("cwd")
     return (isinstance(argv, list) and all(isinstance(a, str) for a in argv) and isinstance(cwd, str)
             and isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()))
 
 
-def _carry_out(conn: Any, request: Dict[str, Any], fds: List[int], caller: int) -> None:
+def _carry_out(conn: Any, request: Dict[str, Any], caller: int) -> None:
     """In the forked child: become the caller's ``master`` process and run it."""
     import signal
 
@@ -318,7 +356,7 @@ def _carry_out(conn: Any, request: Dict[str, Any], fds: List[int], caller: int) 
         call = parse_fast(request["argv"])
         if not isinstance(call, FastCall) or call.state != "MASTER":
             raise ValueError("not a master call")
-        for target, fd in zip((0, 1, 2), fds):
+        for target, fd in zip((0, 1, 2), _receive_streams(conn)):
             os.dup2(fd, target)
             os.close(fd)
         os.environ.clear()
@@ -371,34 +409,27 @@ def _serve_one(conn: Any, stamp: Tuple[Tuple[int, int], ...]) -> bool:
     """Answer one connection; False when the standby should end."""
     import socket
 
-    keep_going = True
-    fds: List[int] = []
     try:
         caller, uid, _ = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         if uid != os.geteuid():
             return True
-        request, fds = _receive(conn)
+        request = _receive(conn)
         if request is not None and request.get("quit"):
             return False
         if code_stamp() != stamp:
             conn.sendall(RUN_IT_YOURSELF)
             return False
-        if not _valid_call(request, fds):
+        if not _valid_call(request):
             conn.sendall(RUN_IT_YOURSELF)
             return True
         assert request is not None
         if os.fork() == 0:
-            _carry_out(conn, request, fds, caller)
+            _carry_out(conn, request, caller)
     except OSError:
         pass
     finally:
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
         conn.close()
-    return keep_going
+    return True
 
 
 def serve(root: str) -> int:

@@ -315,3 +315,27 @@ def test_a_killed_master_with_stdout_closed_leaves_no_transition_running(routers
     assert wait_for(lambda: not any((t / "children").read_text().split()
                                     for t in Path(f"/proc/{standby}/task").iterdir()), 3)
     assert record(run_tool, r1)["state"] == "MASTER"
+
+
+def test_a_standby_that_does_not_answer_is_asked_once(routers, run_tool):
+    """A stopped (or stuck) standby accepts connections but answers none: the first master
+    runs itself after the hand-over timeout, later ones at once, and the standby, once it
+    goes on, ends without carrying out the call it was too late for."""
+    aws, r1, r2 = routers.cloud, routers.r1, routers.r2
+    config = run_tool.write_config(r1, standby_cfg(assign()))
+    standby = start_standby(run_tool, r1, config)
+    os.kill(standby, signal.SIGSTOP)
+    try:
+        for most_seconds in (5.0, 1.5):
+            ok(run_tool(r2, "master", "VI_1", config=standby_cfg(assign(), standby=False)))
+            started = time.monotonic()
+            proc = ok(run_tool(r1, "-vv", "master", "VI_1", config=config))
+            assert time.monotonic() - started < most_seconds
+            assert HANDED_OVER not in proc.stderr
+            assert aws.who_holds(VIP) == [r1.eni("eth0")]
+        assert "did not answer within 2s" in proc.stderr or most_seconds == 1.5
+    finally:
+        os.kill(standby, signal.SIGCONT)
+    assert wait_for(lambda: not alive(standby), 5)
+    assert record(run_tool, r1)["outcome"] == "ok"
+    assert aws.who_holds(VIP) == [r1.eni("eth0")]
