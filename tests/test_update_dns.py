@@ -10,6 +10,7 @@ cloud's request log.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -273,6 +274,41 @@ def test_fifo_reasserts_a_record_changed_behind_its_back(routers, run_tool, tmp_
     assert code == 0 and "re-asserting" in err
     assert changes(aws)[0] == {NAME: ip_of(r1)}  # only what drifted is written again
     assert aws.count_actions().get("AssignPrivateIpAddresses", 0) == 0
+
+
+def test_fifo_keeps_the_route53_client_between_events(routers, run_tool, tmp_path):
+    """fifo mode makes its Route 53 client once, like its EC2 client: a later MASTER event
+    and the re-checks between events fetch no credentials again (each new client would
+    fetch the instance profile's from the metadata service)."""
+    from test_fifo import stop_reader, wait_for, write_lines
+
+    aws, topo, r1, r2 = routers.cloud, routers.topology, routers.r1, routers.r2
+    role = r1.imds.profile.role
+    fetches = lambda: r1.imds.count("GET", f"/latest/meta-data/iam/security-credentials/{role}")  # noqa: E731
+    config = group(topo, window=0.5).replace("[aws]\n", "[aws]\nreassert-interval = 1\n")
+    fifo = tmp_path / "keepalived.fifo"
+    os.mkfifo(fifo, 0o600)
+    proc = run_tool.popen(r1, "-v", "fifo", str(fifo), config=config,
+                          env={"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None})
+    write_lines(fifo, 'INSTANCE "VI_1" MASTER 150')
+    assert wait_for(lambda: (record(run_tool, r1) or {}).get("outcome") == "ok")
+    assert owned_by(aws, r1)
+    assert fetches() == 2  # one EC2 client, one Route 53 client
+    aws.route53.change_resource_record_sets(HostedZoneId=topo.zone_id, ChangeBatch={"Changes": [
+        {"Action": "UPSERT", "ResourceRecordSet": {"Name": NAME, "Type": "A", "TTL": 10,
+                                                   "ResourceRecords": [{"Value": ip_of(r2)}]}}]})
+    first_seq = record(run_tool, r1)["seq"]
+    aws.reset_counts()  # the metadata service's log too
+    write_lines(fifo, 'INSTANCE "VI_1" MASTER 150')
+    assert wait_for(lambda: (record(run_tool, r1) or {}).get("seq", first_seq) > first_seq
+                    and record(run_tool, r1).get("outcome") == "ok")
+    assert aws.dns_values(NAME) == [ip_of(r1)]
+    assert wait_for(lambda: aws.count_actions()["ListResourceRecordSets"] >= 3)  # re-checks read Route 53 too
+    code, err = stop_reader(proc)
+    assert code == 0, err
+    assert aws.count_actions()["ChangeResourceRecordSets"] >= 1
+    assert {c.access_key for c in aws.calls() if c.service == "route53"} == {r1.imds.profile.current().access_key_id}
+    assert fetches() == 0, err
 
 
 def test_validate_permissions_proves_route53_without_changing_it(routers, run_tool, fault_proxy):
