@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -56,6 +57,23 @@ def test_failover_and_back_moves_the_record(routers, run_tool):
         assert aws.count_actions()["GetChange"] == 0
     assert record(run_tool, r1)["outcome"] == "ok"
 
+
+
+def test_master_does_not_wait_for_insync(routers, run_tool):
+    """Route 53 says PENDING until its name servers have the change (here: a minute);
+    master verifies the record by reading it back, logs the change, and exits."""
+    aws, topo, r1 = routers.cloud, routers.topology, routers.r1
+    aws.set_route53_sync(60)
+    start = time.monotonic()
+    proc = ok(run_tool(r1, "-v", "master", "VI_1", config=cfg(dns(topo.zone_id))))
+    assert time.monotonic() - start < 10
+    assert aws.dns_values(NAME) == [ip_of(r1)]
+    change = re.search(rf"upserted {NAME} A {ip_of(r1)} in zone {topo.zone_id} \(change (C\w+) PENDING\)",
+                       proc.stderr)
+    assert change, proc.stderr
+    assert "INSYNC" not in proc.stderr and aws.count_actions()["GetChange"] == 0
+    tool = aws.client("route53", tool=True)
+    assert tool.get_change(Id=change.group(1))["ChangeInfo"]["Status"] == "PENDING"
 
 
 def group(topo, **kw):
