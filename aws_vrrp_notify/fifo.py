@@ -3,8 +3,8 @@
 keepalived writes one line per event, in order: ``INSTANCE "VI_1" MASTER 150`` or
 ``GROUP "G" BACKUP 0``. A reader thread records each state change the moment it
 arrives, so a MASTER being applied notices at once that it was superseded; a worker
-applies, in order, the last state of each group of a burst, with the EC2 client
-kept warm between events.
+applies, in order, the last state of each group of a burst, with the AWS clients (EC2's,
+and Route 53's when a group has update-dns) kept warm between events.
 
 Between events the worker keeps AWS right (docs/consistency.md): every
 ``[aws] reassert-interval`` seconds it reads AWS once for all groups recorded MASTER and
@@ -30,7 +30,7 @@ import stat
 import sys
 import threading
 import time
-from typing import Dict, IO, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, IO, Iterator, List, Optional, Tuple
 
 from . import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .config import Config, ConfigError
@@ -93,25 +93,38 @@ class ConfigWatcher:
 
 
 class Warm:
-    """What successive MASTER transitions share: the EC2 client (its connections and credentials)."""
+    """What successive MASTER transitions share: the AWS clients (their connections and
+    credentials), EC2's and, once a group needs it, Route 53's. A change of region or of
+    the [aws] settings makes them anew."""
 
     def __init__(self) -> None:
-        self.client = None
+        self.clients: Dict[str, object] = {}   # service -> botocore client
         self.region: Optional[str] = None
         self.aws = None
+        self._lock = threading.Lock()  # a Route 53 client may be asked for from the apply threads
 
     def client_for(self, run) -> object:
         return self.client_with(run.config, run.imds, run.store, run.deadline)
 
-    def client_with(self, config: Config, imds, store: StateStore, deadline) -> object:
+    def others_for(self, run) -> Callable[[str], object]:
+        return self.others_with(run.config, run.imds, run.store, run.deadline)
+
+    def client_with(self, config: Config, imds, store: StateStore, deadline, service: str = "ec2") -> object:
         from .ec2 import make_client
         from .plan import region_of
 
         region = region_of(imds, store, config.aws.region)
-        if self.client is None or region != self.region or config.aws != self.aws:
-            self.client = make_client(config.aws, region, deadline, store)
-            self.region, self.aws = region, config.aws
-        return self.client
+        with self._lock:
+            if region != self.region or config.aws != self.aws:
+                self.clients = {}
+                self.region, self.aws = region, config.aws
+            if service not in self.clients:
+                self.clients[service] = make_client(config.aws, region, deadline, store, service)
+            return self.clients[service]
+
+    def others_with(self, config: Config, imds, store: StateStore, deadline) -> Callable[[str], object]:
+        """What Ec2.for_service calls for another service's client: the one kept here."""
+        return lambda service: self.client_with(config, imds, store, deadline, service)
 
 
 def _preload() -> None:

@@ -107,9 +107,11 @@ def _group_report(name: str, record: Optional[Dict[str, Any]], window: float) ->
 
 
 def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline: Deadline,
-                   names: Optional[Sequence[str]] = None, client: Any = None) -> List[GroupReport]:
+                   names: Optional[Sequence[str]] = None, client: Any = None,
+                   others: Any = None) -> List[GroupReport]:
     """Every configured group (or those in ``names``) as AWS shows it now; ``client``: an EC2
-    client to reuse (fifo mode), else one is made."""
+    client to reuse (fifo mode), else one is made; ``others``: what makes (or reuses) the
+    client of another service (Ec2.for_service), else plan.other_clients."""
     groups = [config.groups[n] for n in sorted(config.groups) if names is None or n in names]
     reports = [_group_report(g.name, store.read(g.name), config.aws.consistency_window) for g in groups]
     pending: List[Tuple[ActionReport, Any]] = []
@@ -125,7 +127,7 @@ def observe_groups(config: Config, store: StateStore, imds: ImdsClient, deadline
         return reports
     try:
         ec2 = Ec2(client or ec2_client(config, imds, store, deadline), deadline,
-                  clients=other_clients(config, imds, store, deadline))
+                  clients=others or other_clients(config, imds, store, deadline))
         _, seen = observe_actions(ec2, [entry.action for entry, _ in pending], [local for _, local in pending])
     except (AwsError, PlanError, ImdsError) as exc:
         for report in reports:

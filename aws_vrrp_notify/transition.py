@@ -173,11 +173,11 @@ class MasterRun:
         if not self.plan.usable():
             return
         if self.warm is not None:
-            client = self.warm.client_for(self)
+            client, others = self.warm.client_for(self), self.warm.others_for(self)
         else:
             client = ec2_client(self.config, self.imds, self.store, self.deadline)
-        self.ec2 = Ec2(client, self.deadline, self.still_current,
-                       clients=other_clients(self.config, self.imds, self.store, self.deadline))
+            others = other_clients(self.config, self.imds, self.store, self.deadline)
+        self.ec2 = Ec2(client, self.deadline, self.still_current, clients=others)
         log.debug("EC2 client ready")
         if not load_cached_targets(self.store, self.group.name, self.plan):
             resolve_targets(self.ec2, self.plan)
@@ -609,8 +609,9 @@ def reassert_groups(config: Config, groups: Sequence[Group], store: StateStore, 
         return EXIT_OK
     names = {g.name for g in groups}
     client = warm.client_with(config, imds, store, deadline) if warm is not None else None
+    others = warm.others_with(config, imds, store, deadline) if warm is not None else None
     code = EXIT_OK
-    for report in observe_groups(config, store, imds, deadline, names=names, client=client):
+    for report in observe_groups(config, store, imds, deadline, names=names, client=client, others=others):
         record = store.read(report.name) or {}
         if record.get("state") != "MASTER" or report.error or report.in_sync:
             if report.error:

@@ -8,6 +8,7 @@ advert_int 0.1 keeps them fast; one test runs the production-like advert_int 1.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import signal
@@ -15,7 +16,10 @@ import time
 
 import pytest
 
+from aws_vrrp_notify.lab.__main__ import AwsWatcher, Printer, action_texts
+from aws_vrrp_notify.lab.every_action import CLIENT_DESTINATION, RECORD, EveryActionLab
 from aws_vrrp_notify.lab.keepalived import VIP, Lab, available
+from test_ipv6 import holders6
 
 _ok, _why = available()
 pytestmark = pytest.mark.skipif(not _ok, reason=f"keepalived lab unavailable: {_why}")
@@ -42,6 +46,17 @@ def assert_aws_on(lab, name):
     assert aws.route_target(topo.route_tables["wan"], "0.0.0.0/0") == r.eni("eth1")
     assert aws.route_target(topo.route_tables["lan"], "::/0") == r.eni("eth0")
     assert aws.eip_association(topo.eip_alloc) == (r.eni("eth0"), VIP)
+
+
+def assert_every_action_on(lab, name):
+    """The demo's group (lab/every_action.py), through the EC2 and Route 53 APIs: everything on ``name``."""
+    aws, topo, r = lab.cloud, lab.cloud.topology, lab.router(name)
+    assert_aws_on(lab, name)
+    assert holders6(aws, topo.vip6()) == [r.eni("eth0")]
+    assert aws.route_target(topo.route_tables["lan"], topo.prefix_list) == r.eni("eth0")
+    assert len(topo.tagged_route_tables) == 2
+    assert [aws.route_target(rtb, CLIENT_DESTINATION) for rtb in topo.tagged_route_tables] == [r.eni("eth0")] * 2
+    assert aws.dns_values(RECORD) == [r.addrs["eth0"]]
 
 
 def assert_notify_ok(lab):
@@ -120,6 +135,37 @@ def test_failover_moves_aws_to_the_backup(lab, fault):
     assert_aws_on(lab, "r1")
     assert_notify_ok(lab)
     assert_check(lab)
+
+
+def test_the_demos_group_moves_everything_in_one_failover_and_back(routers, tmp_path):
+    """Every action type (python -m aws_vrrp_notify.lab demo's group) moves to r2 when r1's
+    keepalived crashes and back when it returns; the demo's live view shows each one move."""
+    out = io.StringIO()
+    with EveryActionLab(routers.cloud, routers, workdir=tmp_path / "lab") as lab:
+        watcher = AwsWatcher(lab, Printer(out), action_texts(lab))
+        watcher.start()
+        try:
+            start_pair(lab, **FAST)
+            assert_every_action_on(lab, "r1")
+            t0 = lab.kill("r1")
+            lab.wait_aws_points_to("r2", timeout=10, since=t0)
+            assert lab.wait_settled(timeout=20) == "r2"
+            assert_every_action_on(lab, "r2")
+            lab.start_router("r1", **FAST)
+            lab.wait_aws_points_to("r1", timeout=10, since=time.time())
+            assert lab.wait_settled(timeout=20) == "r1"
+            assert_every_action_on(lab, "r1")
+        finally:
+            watcher.stop()
+        assert_notify_ok(lab)
+        view = lab.aws_view()
+    assert len(view) == 9  # 8 actions, the tagged one in two tables
+    shown = out.getvalue()
+    for name in ("r2", "r1"):
+        for key in view:
+            assert f"AWS: {watcher.text(key, name)}\n" in shown, (key, shown)
+        assert f"AWS: all 9 point to {name}\n" in shown
+    assert f"AWS: Route 53 {RECORD} A {routers.r2.addrs['eth0']} (r2 eth0)" in shown
 
 
 def test_startup_race_ends_on_the_final_master(lab):

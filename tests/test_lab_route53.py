@@ -1,7 +1,8 @@
 """The lab's Route 53 (aws_vrrp_notify/lab/route53_api.py, consistency.py, throttle.py,
 moto_fixes.py): moto serves it on EC2's endpoint; the lab names its REST requests, lags
-ChangeResourceRecordSets like EC2's writes, throttles it at 5 requests/s and refuses
-what Route 53 refuses."""
+ChangeResourceRecordSets like EC2's writes, throttles it at 5 requests/s, refuses
+what Route 53 refuses and answers changes PENDING until their propagation time
+(route53_sync.py)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,22 @@ def test_invalid_values_are_refused_without_lag(aws, tool):
         upsert(tool, "ZNOSUCHZONE", "a.lab.internal", "nonsense")
     assert code_of(exc) == "NoSuchHostedZone"  # the zone first, as Route 53
     assert aws.dns_values("a") is None
+
+
+def test_a_change_is_pending_until_its_propagation_time_then_insync(aws, tool):
+    zone = aws.topology.zone_id
+    assert upsert(tool, zone, "a.lab.internal", "10.0.1.5")["ChangeInfo"]["Status"] == "INSYNC"  # moto's
+    aws.set_route53_sync(0.5)
+    first = upsert(tool, zone, "a.lab.internal", "10.0.1.6")["ChangeInfo"]
+    second = upsert(tool, zone, "b.lab.internal", "10.0.1.7")["ChangeInfo"]
+    assert first["Status"] == second["Status"] == "PENDING" and first["Id"] != second["Id"]
+    assert aws.dns_values("a") == ["10.0.1.6"] and aws.dns_values("b") == ["10.0.1.7"]  # applied at once
+    assert tool.get_change(Id=first["Id"])["ChangeInfo"]["Status"] == "PENDING"
+    time.sleep(0.5)
+    assert tool.get_change(Id=first["Id"].rsplit("/", 1)[-1])["ChangeInfo"]["Status"] == "INSYNC"
+    assert aws.count_actions()["GetChange"] == 2
+    aws.reset_state()  # turns it off
+    assert upsert(tool, zone, "a.lab.internal", "10.0.1.8")["ChangeInfo"]["Status"] == "INSYNC"
 
 
 def test_a_lagged_change_is_pending_then_lands_in_order(aws, lag, tool):

@@ -154,5 +154,5 @@ def test_demo_multi_az(_pair_net):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "unicast 10.0.20.11 <-> 10.0.21.12" in out and "overlay IP 172.16.100.1" in out
-    assert "AWS: all 2 actions point to ra" in out and "FAILOVER: AWS points to rb" in out
+    assert "AWS: all 2 point to ra" in out and "FAILOVER: AWS points to rb" in out
     assert "client-a 172.16.100.1/32 -> rb eth0" in out and "client-b 172.16.100.1/32 -> rb eth0" in out

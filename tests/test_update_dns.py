@@ -10,6 +10,8 @@ cloud's request log.
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 
 import pytest
@@ -55,6 +57,23 @@ def test_failover_and_back_moves_the_record(routers, run_tool):
         assert aws.count_actions()["GetChange"] == 0
     assert record(run_tool, r1)["outcome"] == "ok"
 
+
+
+def test_master_does_not_wait_for_insync(routers, run_tool):
+    """Route 53 says PENDING until its name servers have the change (here: a minute);
+    master verifies the record by reading it back, logs the change, and exits."""
+    aws, topo, r1 = routers.cloud, routers.topology, routers.r1
+    aws.set_route53_sync(60)
+    start = time.monotonic()
+    proc = ok(run_tool(r1, "-v", "master", "VI_1", config=cfg(dns(topo.zone_id))))
+    assert time.monotonic() - start < 10
+    assert aws.dns_values(NAME) == [ip_of(r1)]
+    change = re.search(rf"upserted {NAME} A {ip_of(r1)} in zone {topo.zone_id} \(change (C\w+) PENDING\)",
+                       proc.stderr)
+    assert change, proc.stderr
+    assert "INSYNC" not in proc.stderr and aws.count_actions()["GetChange"] == 0
+    tool = aws.client("route53", tool=True)
+    assert tool.get_change(Id=change.group(1))["ChangeInfo"]["Status"] == "PENDING"
 
 
 def group(topo, **kw):
@@ -273,6 +292,41 @@ def test_fifo_reasserts_a_record_changed_behind_its_back(routers, run_tool, tmp_
     assert code == 0 and "re-asserting" in err
     assert changes(aws)[0] == {NAME: ip_of(r1)}  # only what drifted is written again
     assert aws.count_actions().get("AssignPrivateIpAddresses", 0) == 0
+
+
+def test_fifo_keeps_the_route53_client_between_events(routers, run_tool, tmp_path):
+    """fifo mode makes its Route 53 client once, like its EC2 client: a later MASTER event
+    and the re-checks between events fetch no credentials again (each new client would
+    fetch the instance profile's from the metadata service)."""
+    from test_fifo import stop_reader, wait_for, write_lines
+
+    aws, topo, r1, r2 = routers.cloud, routers.topology, routers.r1, routers.r2
+    role = r1.imds.profile.role
+    fetches = lambda: r1.imds.count("GET", f"/latest/meta-data/iam/security-credentials/{role}")  # noqa: E731
+    config = group(topo, window=0.5).replace("[aws]\n", "[aws]\nreassert-interval = 1\n")
+    fifo = tmp_path / "keepalived.fifo"
+    os.mkfifo(fifo, 0o600)
+    proc = run_tool.popen(r1, "-v", "fifo", str(fifo), config=config,
+                          env={"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None})
+    write_lines(fifo, 'INSTANCE "VI_1" MASTER 150')
+    assert wait_for(lambda: (record(run_tool, r1) or {}).get("outcome") == "ok")
+    assert owned_by(aws, r1)
+    assert fetches() == 2  # one EC2 client, one Route 53 client
+    aws.route53.change_resource_record_sets(HostedZoneId=topo.zone_id, ChangeBatch={"Changes": [
+        {"Action": "UPSERT", "ResourceRecordSet": {"Name": NAME, "Type": "A", "TTL": 10,
+                                                   "ResourceRecords": [{"Value": ip_of(r2)}]}}]})
+    first_seq = record(run_tool, r1)["seq"]
+    aws.reset_counts()  # the metadata service's log too
+    write_lines(fifo, 'INSTANCE "VI_1" MASTER 150')
+    assert wait_for(lambda: (record(run_tool, r1) or {}).get("seq", first_seq) > first_seq
+                    and record(run_tool, r1).get("outcome") == "ok")
+    assert aws.dns_values(NAME) == [ip_of(r1)]
+    assert wait_for(lambda: aws.count_actions()["ListResourceRecordSets"] >= 3)  # re-checks read Route 53 too
+    code, err = stop_reader(proc)
+    assert code == 0, err
+    assert aws.count_actions()["ChangeResourceRecordSets"] >= 1
+    assert {c.access_key for c in aws.calls() if c.service == "route53"} == {r1.imds.profile.current().access_key_id}
+    assert fetches() == 0, err
 
 
 def test_validate_permissions_proves_route53_without_changing_it(routers, run_tool, fault_proxy):

@@ -16,6 +16,8 @@ The runtime tool never imports this package.
 * :mod:`.routers`    - the two-router namespace layout built on a Cloud
 * :mod:`.keepalived` - :class:`~.keepalived.Lab`: real keepalived in both routers, running the
                        installed tool from its notify lines; faults, observation, timing
+* :mod:`.every_action` - :class:`~.every_action.EveryActionLab`: the demo's group, every action type
+* :mod:`.multi_az`   - :class:`~.multi_az.MultiAzLab`: a pair across two Availability Zones
 * ``python -m aws_vrrp_notify.lab demo|up [--lag ...]`` - the lab from one command (:mod:`.__main__`)
 
 docs/lab.md describes the model of EC2 the lab implements.

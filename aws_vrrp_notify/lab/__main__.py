@@ -1,7 +1,10 @@
 """``python -m aws_vrrp_notify.lab demo|up``: the lab from one command (root, keepalived).
 
 demo  builds a simulated AWS region (moto + fake IMDSv2) with two router namespaces,
-      starts keepalived in both (their notify lines call the installed aws-vrrp-notify),
+      starts keepalived in both (their notify lines call the installed aws-vrrp-notify,
+      whose group moves every kind of thing it can: IPv4 and IPv6 VIPs, subnet routes, a
+      prefix-list route, the routes of two tagged tables, an Elastic IP, a Route 53 record;
+      see aws_vrrp_notify.lab.every_action),
       shows `aws-vrrp-notify status` on both routers, crashes the master's keepalived,
       prints the failover as it happens with the time from the crash until AWS points
       to the new master, shows `check`, restarts the crashed router (it preempts back),
@@ -34,6 +37,7 @@ import time
 from typing import Dict, Optional
 
 from .consistency import PROFILES, describe_lag, parse_lag
+from .every_action import CLIENT_DESTINATION, CLIENT_SUBNETS, RECORD, EveryActionLab
 from .keepalived import GROUP, MODES, STATES, VIP, Event, Lab, LabError, NotifyCall, available
 from .multi_az import OVERLAY_VIP, PAIR, MultiAzLab, zone_of
 
@@ -46,8 +50,24 @@ ACTION_TEXT = {
 }
 MULTI_AZ_TEXT = {f"change-route {key} {OVERLAY_VIP}/32": f"{key} {OVERLAY_VIP}/32 -> {{r}} eth0"
                  for key in ("client-a", "client-b")}
+# check's exit codes, as the demo explains the dead master's
+CHECK_VERDICT = {0: "OK", 1: "WARNING: converging, it is still within the consistency window of its "
+                             "last transition; CRITICAL once that has passed", 2: "CRITICAL"}
 # An IPv6 address moves in two writes (EC2 cannot reassign it): between them it is on no ENI.
 NOBODY_TEXT = {"assign-ipv6-address": "IPv6 VIP {vip6} on no ENI"}
+
+
+def action_texts(lab: Lab) -> Dict[str, str]:
+    """What the live view prints for each entry of lab.aws_view() when it changes router."""
+    if isinstance(lab, MultiAzLab):
+        return MULTI_AZ_TEXT
+    t = lab.cloud.topology
+    return {**ACTION_TEXT,
+            f"change-route lan {t.prefix_list}": f"lan {t.prefix_list} (prefix list lab-clients) -> {{r}} eth0",
+            **{f"change-route {key} {CLIENT_DESTINATION}":
+               f"{key} {CLIENT_DESTINATION} (table tagged {t.route_table_tag}) -> {{r}} eth0"
+               for key in CLIENT_SUBNETS},
+            f"update-dns {RECORD}": f"Route 53 {RECORD} A {{addr}} ({{r}} eth0)"}
 
 
 class Printer:
@@ -116,13 +136,17 @@ class AwsWatcher(threading.Thread):
             changed = [k for k, v in view.items() if self.last.get(k, "?") != v]
             for k in changed:
                 who = view[k]
-                text = (self.texts[k] if who else NOBODY_TEXT.get(k, f"{k}: nobody")).format(r=who, vip6=self.vip6)
-                self.p.at(now, f"AWS: {text}", 1)
+                self.p.at(now, f"AWS: {self.text(k, who)}", 1)
             if changed:
                 targets = set(view.values())
                 if len(targets) == 1 and None not in targets:
-                    self.p.at(now, f"AWS: all {len(view)} actions point to {targets.pop()}", 1)
+                    self.p.at(now, f"AWS: all {len(view)} point to {targets.pop()}", 1)
             self.last = view
+
+    def text(self, key: str, who: Optional[str]) -> str:
+        if not who:
+            return NOBODY_TEXT.get(key, f"{key}: nobody").format(vip6=self.vip6)
+        return self.texts[key].format(r=who, vip6=self.vip6, addr=self.lab.router(who).addrs["eth0"])
 
     def stop(self) -> None:
         self.halt.set()
@@ -176,14 +200,24 @@ def build(lab: Lab, p: Printer, lag: Dict[str, float]) -> None:
         p.at(None, f"IPv6 VIP {t.vip6()} in lan {t.subnet_ipv6_cidrs['lan']}: EC2 cannot reassign it, the tool "
                    "unassigns it from the holder first", 1)
         p.at(None, f"Elastic IP {t.eip_public_ip} ({t.eip_alloc}) - a fake address, never contacted", 1)
-    p.at(None, "inside each router namespace: its own IMDS at 169.254.169.254:80, the EC2 API on "
-               "127.0.0.1 (AWS_ENDPOINT_URL_EC2)", 1)
+        _describe_more(lab, p)
+    p.at(None, "inside each router namespace: its own IMDS at 169.254.169.254:80, the EC2 and Route 53 "
+               "APIs on 127.0.0.1 (AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL_ROUTE_53)", 1)
     p.at(None, f"EC2 consistency lag (a write shows in describe calls and IMDS this much later): "
                f"{describe_lag(lag)}", 1)
     first, second = lab.routers
     p.at(None, f"tool configuration (0600): {lab.config_path(first)} (same on {second}):")
     p.plain("          | " + "\n          | ".join(
         line for line in lab.tool_config(first).splitlines() if line and not line.startswith("#")))
+
+
+def _describe_more(lab: Lab, p: Printer) -> None:
+    t = lab.cloud.topology
+    p.at(None, f"managed prefix list {t.prefix_list} (lab-clients), routed in lan's table", 1)
+    tables = ", ".join(f"{key} {t.route_tables[key]}" for key in CLIENT_SUBNETS)
+    p.at(None, f"client subnets in {lab.cloud.az} and {lab.cloud.az_b}, their route tables ({tables}) "
+               f"tagged {t.route_table_tag}", 1)
+    p.at(None, f"Route 53 private hosted zone {t.zone_name} ({t.zone_id}) of the VPC: record {RECORD}", 1)
 
 
 def _describe_multi_az(lab: Lab, p: Printer) -> None:
@@ -244,9 +278,9 @@ def demo(args) -> int:
     watcher = None
     ok = True
     try:
-        lab = (MultiAzLab if args.multi_az else Lab)(on_event=p, mode=args.mode)
+        lab = (MultiAzLab if args.multi_az else EveryActionLab)(on_event=p, mode=args.mode)
         build(lab, p, args.lag)
-        watcher = AwsWatcher(lab, p, MULTI_AZ_TEXT if args.multi_az else ACTION_TEXT)
+        watcher = AwsWatcher(lab, p, action_texts(lab))
         watcher.start()
         start_pair(lab, p, args)
         master = lab.wait_settled(timeout=30)
@@ -274,8 +308,8 @@ def demo(args) -> int:
         if seen:
             detect = seen[0].time - t_fault
             p.at(None, f"keepalived on {backup} needed {detect:.3f} s to declare the master dead "
-                       f"(3 x advert_int + skew), aws-vrrp-notify {took - detect:.3f} s to move the "
-                       f"{len(lab.aws_view())} actions", 1)
+                       f"(3 x advert_int + skew), aws-vrrp-notify {took - detect:.3f} s to move all "
+                       f"{len(lab.aws_view())}", 1)
         if calls:
             p.at(None, f"notify_master started {calls[0].start - t_fault:.3f} s after the crash", 1)
         lab.wait_settled(timeout=30)
@@ -285,8 +319,9 @@ def demo(args) -> int:
         _show_status(lab, p, backup, "ha-notification")
         codes = {n: _show_check(lab, p, n) for n in (master, backup)}
         p.plain(f"          {master}'s keepalived died while MASTER, so its last record says MASTER while "
-                f"AWS points elsewhere:\n          check reports that drift (exit {codes[master]}, CRITICAL) - "
-                f"what a cron job would alert on. {backup}: exit {codes[backup]}.")
+                f"AWS points elsewhere:\n          check reports that drift (exit {codes[master]}, "
+                f"{CHECK_VERDICT.get(codes[master], 'UNKNOWN')}) - what a cron job would alert on. "
+                f"{backup}: exit {codes[backup]}.")
         ok = ok and codes[backup] == 0
         p.quiet_tools = False
 
@@ -340,7 +375,7 @@ def up(args) -> int:
     p = Printer()
     lab = None
     try:
-        lab = (MultiAzLab if args.multi_az else Lab)(on_event=p, mode=args.mode)
+        lab = (MultiAzLab if args.multi_az else EveryActionLab)(on_event=p, mode=args.mode)
         build(lab, p, args.lag)
         start_pair(lab, p, args)
         master = lab.wait_settled(timeout=30)
@@ -348,7 +383,8 @@ def up(args) -> int:
         lab.on_event = None
         p.plain("\nThe lab runs until Ctrl-C. Try, in another shell:")
         for name, r in lab.routers.items():
-            p.plain(f"  env AWS_ENDPOINT_URL_EC2={r.moto_url} AWS_ACCESS_KEY_ID=testing "
+            p.plain(f"  env AWS_ENDPOINT_URL_EC2={r.moto_url} AWS_ENDPOINT_URL_ROUTE_53={r.moto_url} "
+                    f"AWS_ACCESS_KEY_ID=testing "
                     f"AWS_SECRET_ACCESS_KEY=testing ip netns exec {r.ns} "
                     f"{' '.join(lab.tool_argv(name, 'status'))}")
         pids = ", ".join(f"{n} {lab.current(n).proc.pid}" for n in lab.routers)

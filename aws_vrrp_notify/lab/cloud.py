@@ -58,6 +58,7 @@ from . import moto_fixes, route53_api
 from .consistency import Consistency, LagSpec, PendingWrite, FailedWrite, parse_lag
 from .ec2_writes import Rejected
 from .imds import IMDS, DEFAULT_ACCOUNT
+from .route53_sync import Propagation
 from .stale_reads import StaleReads, question_of
 from .throttle import Throttle, throttled_answer
 
@@ -300,6 +301,7 @@ class Cloud:
         self._route53 = None
         self._stale_reads: StaleReads | None = None
         self._throttle: Throttle | None = None
+        self._propagation: Propagation | None = None
         self.throttled: collections.Counter = collections.Counter()   # RequestLimitExceeded answers per Action
 
     # ------------------------------------------------------------------ lifecycle
@@ -494,8 +496,18 @@ class Cloud:
     def stale_reads_served(self) -> int:
         return self._stale_reads.served if self._stale_reads else 0
 
+    def set_route53_sync(self, seconds: float | None) -> None:
+        """Answer the tool's Route 53 changes PENDING, and GetChange INSYNC only ``seconds``
+        later (:mod:`.route53_sync`); None or 0: moto's INSYNC at once again."""
+        self._propagation = Propagation(seconds) if seconds else None
+
     def _lab_answer(self, req: Request, environ, body: bytes) -> Answer | None:
         """The answer to a tool request when the lab, not moto at once, gives it."""
+        propagation = self._propagation
+        if propagation is not None and req.action == "GetChange":
+            answer = propagation.get_change(req.params.get("Id", ""))
+            if answer is not None:
+                return answer
         if self._consistency.applies_to(req.action, req.params):
             replay = functools.partial(_replay, self._app, _replayable(environ), body)
             try:
@@ -503,6 +515,8 @@ class Cloud:
             except Rejected as rejected:
                 return rejected.status, [], rejected.body()
             return 200, [], write.acceptance.body
+        if propagation is not None and req.action == "ChangeResourceRecordSets":
+            return propagation.changed(_call_wsgi(self._app, environ))
         stale = self._stale_reads
         if stale is not None and req.action and req.action.startswith("Describe"):
             return stale.answer(question_of(req.action, req.params), _call_wsgi(self._app, environ))
@@ -731,10 +745,11 @@ class Cloud:
         associations, extra EIPs and route tables, source/destination checks), then clear counters and IMDS logs,
         tokens and overrides.  Only differences cost API calls.
 
-        Writes accepted but not landed yet are dropped first; lag, stale reads and
-        throttling are turned off."""
+        Writes accepted but not landed yet are dropped first; lag, stale reads, Route 53's
+        propagation delay and throttling are turned off."""
         self.clear_lag()
         self._throttle = None
+        self._propagation = None
         self.discard_pending()
         if self.topology is None:
             self.reset_counts()

@@ -24,8 +24,9 @@ eth0, ``change-route`` 0.0.0.0/0 of the wan subnet via eth1, ``change-route`` ::
 of the lan route table via eth0, ``associate-address`` of the lab's Elastic IP to
 the VIP).  In ``fifo`` mode keepalived instead runs one ``aws-vrrp-notify fifo``
 per launch as its ``vrrp_notify_fifo_script``.  keepalived hands the tool only
-``AWS_ENDPOINT_URL_EC2`` and static credentials: the tool finds its instance metadata at the real 169.254.169.254
-inside the router namespace, as on EC2.
+``AWS_ENDPOINT_URL_EC2``, ``AWS_ENDPOINT_URL_ROUTE_53`` and static credentials: the tool
+finds its instance metadata at the real 169.254.169.254 inside the router namespace, as on
+EC2.  :class:`~.every_action.EveryActionLab` (the demo's) adds the other action types.
 
 What the lab observes, without touching the tool:
 
@@ -69,7 +70,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, TypeVar
 
 from .netns import ip
 
@@ -84,6 +85,7 @@ MODES = ("notify", "fifo")
 NOWHERE_MAC = "02:00:5e:00:de:ad"   # a locally administered MAC no interface of the lab has
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLL = 0.01
+T = TypeVar("T")
 TOOL_STOP_WAIT = 3.0   # seconds Lab.close waits for the tool's processes after keepalived stopped
 
 WRAPPER = r"""#!/bin/bash
@@ -576,6 +578,7 @@ private-ip = "{VIP}"
         return {
             "PATH": f"{Path(self.tool).parent}:{CLEAN_PATH}",
             "AWS_ENDPOINT_URL_EC2": r.moto_url,
+            "AWS_ENDPOINT_URL_ROUTE_53": r.moto_url,  # Route 53 is served by the same moto
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_CONFIG_FILE": "/dev/null",
@@ -884,22 +887,19 @@ private-ip = "{VIP}"
         for name, r in self.routers.items():
             for ifname in ("eth0", "eth1"):
                 owner[r.eni(ifname)] = (name, ifname)
-        for _ in range(20):
-            try:
-                holders = [e.id for e in list(backend.enis.values())
-                           if any(p.get("PrivateIpAddress") == VIP and not p.get("Primary")
-                                  for p in list(e.private_ip_addresses))]
-                holders6 = [e.id for e in list(backend.enis.values()) if t.vip6() in list(e.ipv6_addresses)]
-                wan = _route_eni(backend, t.route_tables["wan"], "0.0.0.0/0")
-                lan6 = _route_eni(backend, t.route_tables["lan"], "::/0")
-                eip = next((a for a in list(backend.addresses) if a.allocation_id == t.eip_alloc), None)
-                eip_eni = eip.eni.id if eip is not None and eip.eni is not None else None
-                eip_ip = moto_fixes._eip_private_ip(eip) if eip is not None and eip.eni is not None else None
-                break
-            except RuntimeError:  # a dict changed size while moto served a request
-                time.sleep(0.001)
-        else:
-            raise LabError("could not read moto's state")
+
+        def read() -> tuple:
+            holders = [e.id for e in list(backend.enis.values())
+                       if any(p.get("PrivateIpAddress") == VIP and not p.get("Primary")
+                              for p in list(e.private_ip_addresses))]
+            holders6 = [e.id for e in list(backend.enis.values()) if t.vip6() in list(e.ipv6_addresses)]
+            eip = next((a for a in list(backend.addresses) if a.allocation_id == t.eip_alloc), None)
+            on_eni = eip is not None and eip.eni is not None
+            return (holders, holders6, _route_eni(backend, t.route_tables["wan"], "0.0.0.0/0"),
+                    _route_eni(backend, t.route_tables["lan"], "::/0"), eip.eni.id if on_eni else None,
+                    moto_fixes._eip_private_ip(eip) if on_eni else None)
+
+        holders, holders6, wan, lan6, eip_eni, eip_ip = read_moto(read)
 
         def who(eni, ifname):
             o = owner.get(eni)
@@ -1034,13 +1034,27 @@ def write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
+def read_moto(read: Callable[[], T]) -> T:
+    """``read()`` of moto's backend objects in this process, again when moto changed a dict
+    while serving a request (RuntimeError)."""
+    for _ in range(20):
+        try:
+            return read()
+        except RuntimeError:  # a dict changed size while moto served a request
+            time.sleep(0.001)
+    raise LabError("could not read moto's state")
+
+
 def _route_eni(backend, rtb: str, dest: str) -> Optional[str]:
+    """The ENI the route of ``rtb`` for ``dest`` (a CIDR as moto keeps it, or a prefix list id) targets."""
     table = backend.route_tables.get(rtb)
     if table is None:
         return None
     routes = table.routes
     for route in list(routes.values() if isinstance(routes, dict) else routes):
-        if dest in (route.destination_cidr_block, route.destination_ipv6_cidr_block):
+        prefix_list = getattr(route, "destination_prefix_list", None)
+        if dest in (route.destination_cidr_block, route.destination_ipv6_cidr_block,
+                    prefix_list.id if prefix_list is not None else None):
             return route.interface.id if route.interface is not None else None
     return None
 

@@ -22,7 +22,7 @@ import ipaddress
 from typing import Dict, Optional
 
 from .cloud import Cloud
-from .keepalived import GROUP, Lab, LabError, _route_eni
+from .keepalived import GROUP, Lab, _route_eni, read_moto
 from .netns import Netns, ip
 from .routers import Router
 
@@ -93,11 +93,6 @@ class MultiAzLab(Lab):
         t = self.cloud.topology
         owner = {r.eni("eth0"): name for name, r in self.routers.items()}
         names = {t.route_tables[k]: k for k in ("client-a", "client-b")}
-        for _ in range(20):
-            try:
-                return {f"change-route {names[rtb]} {OVERLAY_VIP}/32":
-                        owner.get(_route_eni(self.cloud.backend, rtb, f"{OVERLAY_VIP}/32"))
-                        for rtb in t.tagged_route_tables}
-            except RuntimeError:  # a dict changed size while moto served a request
-                continue
-        raise LabError("could not read moto's state")
+        return read_moto(lambda: {f"change-route {names[rtb]} {OVERLAY_VIP}/32":
+                                  owner.get(_route_eni(self.cloud.backend, rtb, f"{OVERLAY_VIP}/32"))
+                                  for rtb in t.tagged_route_tables})

@@ -73,6 +73,8 @@ def parse_request(method: str, path: str, query: str, body: bytes) -> tuple[Opti
     params: dict[str, str] = {}
     if parts and parts[0] == "hostedzone" and ids:
         params["HostedZoneId"] = urllib.parse.unquote(ids[0])
+    if parts and parts[0] == "change" and ids:
+        params["Id"] = urllib.parse.unquote(ids[0])
     for key, values in urllib.parse.parse_qs(query).items():
         params[_QUERY_PARAMS.get(key, key)] = values[0]
     if action == "ChangeResourceRecordSets":
@@ -168,9 +170,18 @@ def accept(backend, action: str, params: Mapping[str, str]) -> Acceptance:
     return Acceptance(frozenset(resources), success_body("PENDING"))
 
 
-def success_body(status: str) -> bytes:
+def new_change_id() -> str:
+    return "C" + uuid.uuid4().hex[:13].upper()
+
+
+def success_body(status: str, change: Optional[str] = None) -> bytes:
+    """ChangeResourceRecordSets' answer: ``status`` under ``change`` (default: a new id)."""
+    return change_info_body("ChangeResourceRecordSetsResponse", change or new_change_id(), status)
+
+
+def change_info_body(response: str, change: str, status: str) -> bytes:
+    """An answer that is one ChangeInfo (ChangeResourceRecordSets, GetChange)."""
     submitted = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    change = "C" + uuid.uuid4().hex[:13].upper()
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<ChangeResourceRecordSetsResponse xmlns="{NAMESPACE}">'
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<{response} xmlns="{NAMESPACE}">'
             f"<ChangeInfo><Id>/change/{change}</Id><Status>{status}</Status>"
-            f"<SubmittedAt>{submitted}</SubmittedAt></ChangeInfo></ChangeResourceRecordSetsResponse>").encode()
+            f"<SubmittedAt>{submitted}</SubmittedAt></ChangeInfo></{response}>").encode()
