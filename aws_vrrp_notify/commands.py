@@ -156,13 +156,14 @@ def _transition(config: Optional[str], state: Optional[str], new_state: str, gro
 
 
 def _standby_after(new_state: str, cfg: Config, store: StateStore) -> None:
-    """BACKUP and FAULT keep a standby process for the next MASTER ([aws] standby); STOP ends it."""
+    """BACKUP and FAULT keep a standby process for the next MASTER ([aws] standby); STOP, or
+    a BACKUP or FAULT with standby off, ends the one that runs."""
     from . import standby
 
-    if new_state == "STOP":
-        standby.quit_standby(store.root)
-    elif cfg.aws.standby:
+    if new_state != "STOP" and cfg.aws.standby:
         standby.start(store.root)
+    else:
+        standby.quit_standby(store.root)
 
 
 def _older_event(group: str, state: str) -> int:

@@ -128,6 +128,14 @@ def test_a_standby_older_than_the_installed_code_ends_and_master_runs_itself(rou
     assert not (run_tool.state_dir(r1) / "standby.sock").exists()
 
 
+def test_backup_with_standby_turned_off_ends_the_standby(routers, run_tool):
+    r1 = routers.r1
+    standby = start_standby(run_tool, r1, run_tool.write_config(r1, standby_cfg(assign())))
+    ok(run_tool(r1, "backup", "VI_1", config=standby_cfg(assign(), standby=False)))
+    assert wait_for(lambda: not alive(standby), 5)
+    assert not (run_tool.state_dir(r1) / "standby.sock").exists()
+
+
 def test_stop_ends_the_standby(routers, run_tool):
     r1 = routers.r1
     config = run_tool.write_config(r1, standby_cfg(assign()))
