@@ -174,8 +174,10 @@ def test_syslog_hears_of_each_change_only(routers, run_tool, config, fault_proxy
     assert "WARNING" in lines[1] and f"EC2 endpoint {proxy.url}" in lines[1]
 
 
-def test_check_prometheus_exports_the_verdict(routers, run_tool, config, fault_proxy, tmp_path):
-    r1 = routers.r1
+def test_check_prometheus_exports_the_verdict(routers, run_tool, fault_proxy, tmp_path):
+    r1, topo = routers.r1, routers.topology
+    # a short deadline: check retries the reset connections until it passes
+    config = run_tool.write_config(r1, cfg(assign(), route(subnet=topo.subnet_cidrs["wan"]), deadline=3))
     ok(run_tool(r1, "master", "VI_1", config=config))
     prom = tmp_path / "avn.prom"
     ok(run_tool(r1, "check", "--prometheus", prom, config=config))
