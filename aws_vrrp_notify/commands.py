@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 from . import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
-from .state import DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, StateError, StateStore, UnsafeStateDir
+from .state import DEFAULT_CACHE_DIR, StateError, StateStore, UnsafeStateDir, state_dir
 
 from .logsetup import ERROR, log
 
@@ -20,12 +20,6 @@ def config_path(explicit: Optional[str]) -> str:
     if explicit is not None:
         return explicit
     return os.environ.get("AWS_VRRP_NOTIFY_CONFIG") or DEFAULT_CONFIG_PATH
-
-
-def state_dir(explicit: Optional[str]) -> str:
-    if explicit is not None:
-        return explicit
-    return os.environ.get("AWS_VRRP_NOTIFY_STATE_DIR") or DEFAULT_STATE_DIR
 
 
 def cache_dir(explicit: Optional[str]) -> str:

@@ -31,8 +31,8 @@ CONNECT_TIMEOUT = 0.5
 HANDOVER_TIMEOUT = 2.0  # the standby's child acknowledges within milliseconds
 IDLE_CHECK = 30.0  # how often an idle standby checks that it is still current
 MAX_REQUEST = 1 << 20
-ACCEPTED, RUN_IT_YOURSELF, QUIT = b"A", b"S", "quit"
-SEND_STREAMS, STREAMS = b"F", b"F"  # a child asks for the caller's descriptors; they come with STREAMS
+ACCEPTED, RUN_IT_YOURSELF, QUIT = b"A", b"S", b"quit"
+STREAMS = b"F"  # a child asks for the caller's descriptors with it; they come with it
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _SERVER_FDS: List[int] = []  # the standby's listening socket and lock: not for its children
 
@@ -57,6 +57,19 @@ def _usable_socket(root: str) -> Optional[str]:
     return path
 
 
+def _peer(sock: Any) -> Tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket."""
+    import socket
+
+    pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return pid, uid
+
+
+def _frame(body: bytes) -> bytes:
+    """A request as the standby reads it (_receive): its length, then the bytes."""
+    return struct.pack(">I", len(body)) + body
+
+
 def _connect(path: str) -> Optional[Any]:
     import socket
 
@@ -64,7 +77,7 @@ def _connect(path: str) -> Optional[Any]:
     sock.settimeout(CONNECT_TIMEOUT)
     try:
         sock.connect(path)
-        pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        _, uid = _peer(sock)
         if uid != os.geteuid():
             raise OSError(f"the standby socket is served by uid {uid}")
         return sock
@@ -76,10 +89,9 @@ def _connect(path: str) -> Optional[Any]:
 def hand_over(argv: List[str], state_dir: Optional[str], verbosity: int = 0) -> Optional[int]:
     """Have the standby process carry out this ``master`` call; its exit status, or None
     when there is no usable standby (the caller then runs the transition itself)."""
-    from .state import DEFAULT_STATE_DIR
+    from .state import state_dir as resolve
 
-    root = state_dir if state_dir is not None else (os.environ.get("AWS_VRRP_NOTIFY_STATE_DIR") or DEFAULT_STATE_DIR)
-    path = _usable_socket(root)
+    path = _usable_socket(resolve(state_dir))
     sock = _connect(path) if path else None
     if sock is None:
         return None
@@ -91,12 +103,11 @@ def hand_over(argv: List[str], state_dir: Optional[str], verbosity: int = 0) -> 
 
     try:
         request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
-        message = struct.pack(">I", len(request)) + request
         sock.settimeout(HANDOVER_TIMEOUT)
-        sock.sendall(message)
+        sock.sendall(_frame(request))
         # the descriptors only to a child that asks for them: in a standby that never reads
         # them (stopped, stuck), they would keep this process's pipes open after it ends
-        if sock.recv(1) != SEND_STREAMS:
+        if sock.recv(1) != STREAMS:
             sock.close()
             return None
         sock.sendmsg([STREAMS], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", 0, 1, 2))])
@@ -170,8 +181,7 @@ def quit_standby(root: str) -> None:
     if sock is None:
         return
     try:
-        request = QUIT.encode()
-        sock.sendall(struct.pack(">I", len(request)) + request)
+        sock.sendall(_frame(QUIT))
     except OSError:
         pass
     finally:
@@ -304,7 +314,7 @@ def _receive(conn: Any) -> Optional[Dict[str, Any]]:
         if not more:
             break
         body += more
-    if body == QUIT.encode():
+    if body == QUIT:
         return {"quit": True}
     try:
         request = json.loads(body)
@@ -314,12 +324,12 @@ def _receive(conn: Any) -> Optional[Dict[str, Any]]:
 
 
 def _receive_streams(conn: Any) -> List[int]:
-    """The caller's descriptors 0, 1 and 2, asked for with SEND_STREAMS."""
+    """The caller's descriptors 0, 1 and 2, asked for with STREAMS."""
     import array
     import socket
 
     fds = array.array("i")
-    conn.sendall(SEND_STREAMS)
+    conn.sendall(STREAMS)
     data, ancillary, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(3 * fds.itemsize))
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -407,10 +417,8 @@ def _end_with_the_caller(conn: Any) -> None:
 
 def _serve_one(conn: Any, stamp: Tuple[Tuple[int, int], ...]) -> bool:
     """Answer one connection; False when the standby should end."""
-    import socket
-
     try:
-        caller, uid, _ = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        caller, uid = _peer(conn)
         if uid != os.geteuid():
             return True
         request = _receive(conn)

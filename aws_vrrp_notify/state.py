@@ -44,6 +44,13 @@ EVENT_PROCESS = "self"  # /proc entry of the process whose start orders the even
 _CACHE_FDS: Dict[str, int] = {}  # state directory -> checked descriptor of its cache/ (trusted_cache_dir)
 
 
+def state_dir(explicit: Optional[str]) -> str:
+    """--state-dir as given, else AWS_VRRP_NOTIFY_STATE_DIR, else the default."""
+    if explicit is not None:
+        return explicit
+    return os.environ.get("AWS_VRRP_NOTIFY_STATE_DIR") or DEFAULT_STATE_DIR
+
+
 class StateError(Exception):
     """The state directory cannot be used (exit status 1)."""
 
